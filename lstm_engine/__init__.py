@@ -1,0 +1,42 @@
+"""lstm-engine: fast batch-1 streaming LSTM inference on the CPU."""
+from .activations import Activation
+from .engine import Engine, Stream
+from .errors import ModelError
+from .model import Direction, Embedding, Head, Layer, Model
+
+__version__ = "0.1.0"
+
+
+def load(path) -> Model:
+    """Load a model file, chosen by suffix: the native file (.lstm), and -- through the
+    converters -- .onnx, .pt/.pth and .safetensors."""
+    import os
+
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix == ".onnx":
+        from converters import from_onnx
+
+        return from_onnx(path)
+    if suffix in (".pt", ".pth"):
+        from converters import from_torch
+
+        return from_torch(path)
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.fspath(path), framework="numpy") as f:
+                native = (f.metadata() or {}).get("lstm-engine") is not None
+        except FileNotFoundError:
+            raise ModelError(f"{path}: no such file") from None
+        except Exception as e:
+            raise ModelError(f"{path}: not a readable safetensors file ({e})") from None
+        if not native:
+            from converters import from_torch
+
+            return from_torch(path)
+    return Model.load(path)
+
+
+__all__ = ["Activation", "Direction", "Embedding", "Engine", "Head", "Layer", "Model",
+           "ModelError", "Stream", "load"]

@@ -1,0 +1,285 @@
+"""`Engine` (packed weights, shared by streams) and `Stream` (one (h, c) state).
+
+All checking happens here, once, at the boundary; the kernels trust what they get.
+A call that raises leaves every state exactly as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+
+from .errors import ModelError
+from .kernels.layout import HD_IN, HD_ST_Y
+from .kernels.lstm import NONFINITE, _run, _step
+from .model import Model
+from .packing import pack
+
+PRECISIONS = ("fp32",)
+_F32 = np.dtype(np.float32)
+_SNAP_MAGIC = b"LSTMSNAP"
+_SNAP_VERSION = 1
+_SNAP_HEAD = struct.Struct("<8sH32sI")  # magic, version, model fingerprint, floats
+
+
+def _numeric(name, x):
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return a
+
+
+def _nonfinite(name):
+    return ValueError(f"{name}: contains NaN or infinity; refused so the state stays usable "
+                      "(nothing was changed)")
+
+
+class Engine:
+    """Runs one Model; holds its packed weights, shared by every Stream it opens.
+
+    precision: "fp32" (bf16 and int8 are not available yet).
+    threads: 1 (splitting a step across cores is not available yet).
+    """
+
+    def __init__(self, model: Model, precision: str = "fp32", threads: int = 1):
+        if not isinstance(model, Model):
+            raise TypeError(f"Engine needs an lstm_engine.Model, got {type(model).__name__}; "
+                            "use lstm_engine.load(path) or converters.from_onnx/from_torch")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not available; choose from {PRECISIONS}")
+        if not isinstance(threads, (int, np.integer)) or threads != 1:
+            raise ValueError(f"threads={threads!r}: only threads=1 is available in this version")
+        self.model = model
+        self.precision = precision
+        self.threads = 1
+        self._packed = pack(model)
+        self._fingerprint = bytes.fromhex(model.fingerprint())
+        self._warm()
+
+    def _warm(self):
+        """Compile (or load from numba's cache) every kernel before the first real call."""
+        p = self._packed
+        frame = np.zeros(p.meta[0, HD_IN], np.float32)
+        if self.model.streamable:
+            _step(frame, p.ws, p.meta, np.zeros(p.stream_len, np.float32))
+        h = np.zeros((1, p.ncell, p.pmax), np.float32)
+        c = np.zeros((1, p.ncell, p.hmax), np.float32)
+        y = np.zeros((1, 1, self.model.output_size), np.float32)
+        _run(frame[None, None], np.ones(1, np.int64), p.ws, p.meta, h, c, y)
+
+    # ---- streams ------------------------------------------------------------
+    def open_stream(self, state=None) -> "Stream":
+        """A Stream at zero state, or at state=(h, c) (lists per cell, state order)."""
+        self._require_streamable()
+        s = Stream(self)
+        if state is not None:
+            h, c = self._state_arrays(state, batch=None)
+            s._h[0], s._c[0] = h[:, :], c[:, :]
+        return s
+
+    def restore(self, blob: bytes) -> "Stream":
+        """A Stream that continues where the one that made `blob` (Stream.snapshot) was."""
+        self._require_streamable()
+        p = self._packed
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError(f"restore needs the bytes from Stream.snapshot(), got {type(blob).__name__}")
+        blob = bytes(blob)
+        if len(blob) < _SNAP_HEAD.size:
+            raise ValueError("snapshot is truncated")
+        magic, version, fp, n = _SNAP_HEAD.unpack_from(blob)
+        if magic != _SNAP_MAGIC:
+            raise ValueError("not an lstm-engine snapshot")
+        if version != _SNAP_VERSION:
+            raise ValueError(f"snapshot version {version}; this lstm-engine reads {_SNAP_VERSION}")
+        if fp != self._fingerprint:
+            raise ValueError("snapshot was taken on a different model (fingerprint differs)")
+        if n != p.state_len or len(blob) != _SNAP_HEAD.size + 4 * n:
+            raise ValueError(f"snapshot holds {len(blob) - _SNAP_HEAD.size} bytes of state, "
+                             f"expected {4 * p.state_len}")
+        state = np.frombuffer(blob, "<f4", offset=_SNAP_HEAD.size)
+        if not np.isfinite(state).all():
+            raise _nonfinite("snapshot state")
+        s = Stream(self)
+        s._st[:n] = state
+        return s
+
+    def _require_streamable(self):
+        if not self.model.streamable:
+            rev = [i for i, layer in enumerate(self.model.layers) if layer.direction != "forward"]
+            raise ModelError(f"layers {rev} run in reverse, which needs the whole sequence: "
+                             "this model cannot be streamed; use Engine.run(X) instead")
+
+    # ---- offline --------------------------------------------------------------
+    def run(self, X, state=None, lengths=None):
+        """Whole sequences, any direction.
+
+        X: (T, I) or batched (T, B, I) ((B, T, I) when model.layout == 1); token
+           models take ids, (T,) or (T, B) / (B, T).
+        state: (h, c), lists per cell of (P,)/(H,) arrays, or (B, P)/(B, H) when batched.
+        lengths: valid frames per sequence, (B,) ints in [0, T]; frames past a length
+           give zero layer output and leave the state alone.
+        Returns Y ((T, O), (T, B, O) or (B, T, O)) and (h, c) shaped like `state`.
+        """
+        m = self.model
+        p = self._packed
+        X = self._frames(X, "X", batched=None)
+        batched = X.ndim == 3
+        if not batched:
+            X = X[None]
+        elif m.layout == 0:
+            X = X.transpose(1, 0, 2)
+        X = np.ascontiguousarray(X)  # (B, T, I)
+        B, T = X.shape[:2]
+        if lengths is None:
+            lens = np.full(B, T, np.int64)
+        else:
+            lens = _numeric("lengths", lengths)
+            if lens.dtype.kind not in "iu" or (lens.shape != (B,) if batched else lens.size != 1):
+                raise ValueError(f"lengths: expected {B} integer(s), got {lens.dtype} shape {lens.shape}")
+            lens = lens.reshape(B).astype(np.int64)
+            if (lens < 0).any() or (lens > T).any():
+                raise ValueError(f"lengths: every value must be in [0, {T}], got {lens.tolist()}")
+        h = np.zeros((B, p.ncell, p.pmax), np.float32)
+        c = np.zeros((B, p.ncell, p.hmax), np.float32)
+        if state is not None:
+            hs, cs = self._state_arrays(state, batch=B if batched else None)
+            h[:], c[:] = hs.reshape(B, p.ncell, p.pmax), cs.reshape(B, p.ncell, p.hmax)
+        Y = np.empty((B, T, m.output_size), np.float32)
+        if _run(X, lens, p.ws, p.meta, h, c, Y) == NONFINITE:
+            raise _nonfinite("X")
+        hl = [h[:, k, :P] for k, (P, _) in enumerate(m.state_sizes)]
+        cl = [c[:, k, :H] for k, (_, H) in enumerate(m.state_sizes)]
+        if not batched:
+            return Y[0], ([a[0].copy() for a in hl], [a[0].copy() for a in cl])
+        Y = Y.transpose(1, 0, 2) if m.layout == 0 else Y
+        return np.ascontiguousarray(Y), ([a.copy() for a in hl], [a.copy() for a in cl])
+
+    # ---- boundary checks ---------------------------------------------------
+    def _frames(self, X, name, batched):
+        """X as float32 frames (..., I); token ids go through the embedding table."""
+        m = self.model
+        if m.embedding is not None:
+            ids = _numeric(name, X)
+            if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2):
+                raise ValueError(f"{name}: token model expects integer ids shaped (T,) or "
+                                 f"(T, B), got {ids.dtype} shape {ids.shape}")
+            V = m.embedding.vocab_size
+            if ids.size and (ids.min() < 0 or ids.max() >= V):
+                raise ValueError(f"{name}: token ids must be in [0, {V}), got values in "
+                                 f"[{ids.min()}, {ids.max()}]")
+            return m.embedding.weight[ids]
+        a = _numeric(name, X)
+        I = m.layers[0].input_size
+        ok = a.ndim in (2, 3) if batched is None else a.ndim == 2
+        if not ok or a.shape[-1] != I:
+            want = "(T, %d) or (T, B, %d)" % (I, I) if batched is None else "(T, %d)" % I
+            raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
+        return np.ascontiguousarray(a, np.float32)
+
+    def _state_arrays(self, state, batch):
+        """(h, c) lists -> (B or 1, ncell, PMAX/HMAX) float32 arrays, checked."""
+        p = self._packed
+        sizes = self.model.state_sizes
+        try:
+            h_list, c_list = state
+            h_list, c_list = list(h_list), list(c_list)
+        except (TypeError, ValueError):
+            raise ValueError("state: expected (h, c), two lists with one array per "
+                             f"(layer, direction): {len(sizes)} each") from None
+        if len(h_list) != len(sizes) or len(c_list) != len(sizes):
+            raise ValueError(f"state: expected {len(sizes)} arrays in h and in c, got "
+                             f"{len(h_list)} and {len(c_list)}")
+        B = 1 if batch is None else batch
+        h = np.zeros((B, p.ncell, p.pmax), np.float32)
+        c = np.zeros((B, p.ncell, p.hmax), np.float32)
+        for k, (P, H) in enumerate(sizes):
+            for name, src, dst, n in (("h", h_list, h, P), ("c", c_list, c, H)):
+                a = _numeric(f"state {name}[{k}]", src[k])
+                want = (n,) if batch is None else (batch, n)
+                if a.shape != want:
+                    raise ValueError(f"state {name}[{k}]: expected shape {want}, got {a.shape}")
+                if not np.isfinite(a).all():
+                    raise _nonfinite(f"state {name}[{k}]")
+                dst[:, k, :n] = a
+        return h, c
+
+
+class Stream:
+    """The (h, c) state of one stream of frames and the scratch its steps use.
+
+    Not safe for two threads at once; different Streams are (kernels release the GIL).
+    """
+
+    __slots__ = ("_engine", "_ws", "_meta", "_st", "_h", "_c", "_y", "_xshape", "_emb")
+
+    def __init__(self, engine: Engine):
+        p = engine._packed
+        self._engine = engine
+        self._ws, self._meta = p.ws, p.meta
+        self._st = np.zeros(p.stream_len, np.float32)
+        n_h = p.ncell * p.pmax
+        self._h = self._st[:n_h].reshape(1, p.ncell, p.pmax)
+        self._c = self._st[n_h:p.state_len].reshape(1, p.ncell, p.hmax)
+        y0 = int(p.meta[0, HD_ST_Y])
+        self._y = self._st[y0:y0 + engine.model.output_size]
+        m = engine.model
+        self._emb = None if m.embedding is None else m.embedding.weight
+        self._xshape = (m.layers[0].input_size,)
+
+    def step(self, x) -> np.ndarray:
+        """One frame (I,) -- or one token id -- in, the output (O,) out."""
+        if x.__class__ is not np.ndarray or x.dtype is not _F32 or x.shape != self._xshape \
+                or not x.flags.c_contiguous:
+            x = self._frame(x)
+        if _step(x, self._ws, self._meta, self._st) == NONFINITE:
+            raise _nonfinite("x")
+        return self._y.copy()
+
+    def run(self, X) -> np.ndarray:
+        """A chunk of frames (T, I) -- or token ids (T,) -- in, outputs (T, O) out."""
+        e = self._engine
+        if e.model.embedding is not None and np.ndim(X) != 1:
+            raise ValueError(f"X: token model expects ids shaped (T,), got shape {np.shape(X)}")
+        X = e._frames(X, "X", batched=False)
+        T = X.shape[0]
+        Y = np.empty((1, T, e.model.output_size), np.float32)
+        if _run(X[None], np.array([T], np.int64), self._ws, self._meta, self._h, self._c, Y) \
+                == NONFINITE:
+            raise _nonfinite("X")
+        return Y[0]
+
+    def _frame(self, x):
+        if self._emb is not None:
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+                a = np.asarray(x)
+                if a.dtype.kind not in "iu" or a.size != 1:
+                    raise ValueError(f"x: token model expects one integer id, got "
+                                     f"{type(x).__name__} {getattr(a, 'dtype', '')} shape {a.shape}")
+                x = a.reshape(())[()]
+            V = self._emb.shape[0]
+            if not 0 <= x < V:
+                raise ValueError(f"x: token id {int(x)} is outside [0, {V})")
+            return self._emb[int(x)]
+        a = _numeric("x", x)
+        if a.shape != self._xshape:
+            raise ValueError(f"x: expected shape {self._xshape}, got {a.shape}")
+        return np.ascontiguousarray(a, np.float32)
+
+    @property
+    def state(self):
+        """(h, c): lists of 1-D float32 copies, one per (layer, direction)."""
+        sizes = self._engine.model.state_sizes
+        return ([self._h[0, k, :P].copy() for k, (P, _) in enumerate(sizes)],
+                [self._c[0, k, :H].copy() for k, (_, H) in enumerate(sizes)])
+
+    def reset(self) -> None:
+        """Back to zero state."""
+        self._st[:] = 0
+
+    def snapshot(self) -> bytes:
+        """The state as bytes, tagged with the model's fingerprint (Engine.restore)."""
+        p = self._engine._packed
+        state = self._st[:p.state_len].astype("<f4")
+        return _SNAP_HEAD.pack(_SNAP_MAGIC, _SNAP_VERSION, self._engine._fingerprint,
+                               p.state_len) + state.tobytes()

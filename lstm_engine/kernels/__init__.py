@@ -1,0 +1,1 @@
+"""Numba kernels: arrays and integers in, no Python objects, no validation."""

@@ -1,0 +1,52 @@
+"""Field indices of the int64 `meta` table shared by `packing.py` and the kernels.
+
+meta[0] is the model header; meta[1 + k] describes cell k, a (layer, direction) pair
+in PyTorch's h_n order: layer-major, forward before reverse.
+
+Packed gate rows: the hidden units of a cell are cut into blocks of BLOCK units; the
+4*w rows of a block of w units sit together, gate-major (i, o, f, c) inside the block,
+so one pass over a block yields all four gates of its units for the pointwise update.
+Row of gate q (0=i, 1=o, 2=f, 3=c) of unit u0 + j in the block starting at u0:
+    4 * u0 + q * w + j
+"""
+
+BLOCK = 32  # hidden units per block: 4*BLOCK gate values stay in L1 for the update
+
+# header row
+HD_NCELL = 0  # number of cells
+HD_NLAYER = 1  # number of layers
+HD_BLOCK = 2  # BLOCK used when packing
+HD_IN = 3  # input width of layer 0 (embedding width for token models)
+HD_OUT = 4  # output width of the model (head rows, or top layer width)
+HD_TOP = 5  # top layer width: sum of P over its directions
+HD_HEAD_W = 6  # offset of the head weight (O, TOP) in ws, or -1
+HD_HEAD_B = 7  # offset of the head bias (O,) in ws, or -1
+HD_HEAD_ACT = 8  # head activation code (see pointwise.HEAD_*)
+HD_PMAX = 9  # row stride of h in state arrays
+HD_HMAX = 10  # row stride of c in state arrays
+HD_KMAX = 11  # largest I + P of any cell
+HD_ST_V = 12  # streaming buffer: offset of v, the [x; h] vector (KMAX)
+HD_ST_G = 13  # offset of g, one block's gate values (4*BLOCK)
+HD_ST_M = 14  # offset of m, o * h(c) before projection (HMAX)
+HD_ST_Y = 15  # offset of y, the output (OUT)
+HD_ST_LEN = 16  # total length of a streaming buffer
+HD_FIELDS = 17
+
+# cell rows
+C_LAYER = 0
+C_REV = 1  # 1 for the reverse direction
+C_I = 2  # input width
+C_H = 3  # hidden units (size of c)
+C_P = 4  # size of h: proj_size, or H
+C_WR = 5  # offset of the packed [W | R] rows, (4H, I + P)
+C_B = 6  # offset of the packed bias Wb + Rb, (4H,)
+C_PEEP = 7  # offset of the peepholes (3H,) in order i, o, f (unit order), or -1
+C_PROJ = 8  # offset of the projection (P, H), or -1
+C_PRM = 9  # offset of 7 floats: alpha/beta of f, g, h, then clip
+C_ACTF = 10  # activation codes of f, g, h
+C_ACTG = 11
+C_ACTH = 12
+C_IFORGET = 13  # 1 when input_forget (f = 1 - i)
+C_CLIP = 14  # 1 when clip applies
+C_COL = 15  # first column of this direction in the layer's output
+C_FIELDS = 16

@@ -1,0 +1,218 @@
+"""The LSTM kernels: one cell step, one streaming frame, and whole sequences.
+
+Every function takes arrays and integers only and trusts its inputs: the engine has
+checked shapes, dtypes and finiteness of everything but the frames themselves, whose
+finiteness is checked here, before any state is touched. Layout of `ws` and `meta`:
+see layout.py.
+"""
+import numpy as np
+
+from .config import kernel
+from .layout import (
+    C_ACTF, C_ACTG, C_ACTH, C_B, C_CLIP, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
+    C_PEEP, C_PRM, C_PROJ, C_REV, C_WR,
+    HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
+    HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_V, HD_ST_Y,
+)
+from .linalg import _gemm_nt, _matvec
+from .pointwise import _act_inplace, _clip_inplace, _head_act_inplace
+
+OK = 0
+NONFINITE = 1  # an input frame holds NaN or inf; nothing was changed
+
+
+@kernel
+def _wr(ws, cm):
+    """The packed [W | R] rows of a cell as a (4H, I + P) view."""
+    H = cm[C_H]
+    K = cm[C_I] + cm[C_P]
+    return ws[cm[C_WR]:cm[C_WR] + 4 * H * K].reshape(4 * H, K)
+
+
+@kernel
+def _cell(w, k0, vec, pre, ws, cm, block, c, hout, g, m):
+    """One time step of one cell.
+
+    w    (4H, I + P)  packed [W | R] rows (see layout.py); columns k0: meet vec
+    vec  (I + P - k0,)  [x; h_prev] (k0 = 0), or h_prev when W.x is already in pre (k0 = I)
+    pre  (4H,)    packed bias, or packed bias + W.x of this frame
+    c    (H,)     cell state, updated in place
+    hout (P,)     receives the new h; must not alias vec
+    g    (4*block,), m (H,)   scratch
+    """
+    H = cm[C_H]
+    P = cm[C_P]
+    prm = ws[cm[C_PRM]:cm[C_PRM] + 7]
+    af, bf, ag, bg, ah, bh, bound = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6]
+    code_f, code_g, code_h = cm[C_ACTF], cm[C_ACTG], cm[C_ACTH]
+    peep = cm[C_PEEP]
+    clip = cm[C_CLIP] == 1
+    iforget = cm[C_IFORGET] == 1
+    for u0 in range(0, H, block):
+        w_ = min(block, H - u0)
+        r0 = 4 * u0
+        gb = g[:4 * w_]
+        _matvec(w, r0, 4 * w_, k0, vec, gb)
+        for j in range(4 * w_):
+            gb[j] += pre[r0 + j]
+        gi = gb[0:w_]
+        go = gb[w_:2 * w_]
+        gf = gb[2 * w_:3 * w_]
+        gc = gb[3 * w_:4 * w_]
+        cb = c[u0:u0 + w_]
+        if peep >= 0:
+            pi = ws[peep + u0:peep + u0 + w_]
+            pf = ws[peep + 2 * H + u0:peep + 2 * H + u0 + w_]
+            for j in range(w_):
+                gi[j] += pi[j] * cb[j]
+                gf[j] += pf[j] * cb[j]
+        if clip:
+            _clip_inplace(gi, bound)
+            _clip_inplace(gf, bound)
+            _clip_inplace(gc, bound)
+        _act_inplace(code_f, af, bf, gi)
+        if iforget:
+            for j in range(w_):
+                gf[j] = np.float32(1.0) - gi[j]
+        else:
+            _act_inplace(code_f, af, bf, gf)
+        _act_inplace(code_g, ag, bg, gc)
+        for j in range(w_):
+            cb[j] = gf[j] * cb[j] + gi[j] * gc[j]
+        if peep >= 0:
+            po = ws[peep + H + u0:peep + H + u0 + w_]
+            for j in range(w_):
+                go[j] += po[j] * cb[j]
+        if clip:
+            _clip_inplace(go, bound)
+        _act_inplace(code_f, af, bf, go)
+        mb = m[u0:u0 + w_]
+        for j in range(w_):
+            mb[j] = cb[j]
+        _act_inplace(code_h, ah, bh, mb)
+        for j in range(w_):
+            mb[j] *= go[j]
+    if cm[C_PROJ] >= 0:
+        proj = ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H)
+        _matvec(proj, 0, P, 0, m[:H], hout)
+    else:
+        for j in range(H):
+            hout[j] = m[j]
+
+
+@kernel
+def _head(ws, hd, top, y):
+    """y = act(W_head . top + b_head), or a copy of top when there is no head."""
+    if hd[HD_HEAD_W] < 0:
+        for j in range(top.shape[0]):
+            y[j] = top[j]
+        return
+    O = hd[HD_OUT]
+    K = hd[HD_TOP]
+    hw = ws[hd[HD_HEAD_W]:hd[HD_HEAD_W] + O * K].reshape(O, K)
+    _matvec(hw, 0, O, 0, top, y)
+    if hd[HD_HEAD_B] >= 0:
+        for j in range(O):
+            y[j] += ws[hd[HD_HEAD_B] + j]
+    _head_act_inplace(hd[HD_HEAD_ACT], y)
+
+
+@kernel
+def _step(x, ws, meta, st):
+    """One frame through every layer and the head of a forward-only model.
+
+    x (I0,) input frame; st: a streaming buffer (state, then scratch; layout.py),
+    whose y region receives the output. Returns OK, or NONFINITE with st untouched.
+    """
+    for k in range(x.shape[0]):
+        if not np.isfinite(x[k]):
+            return NONFINITE
+    hd = meta[0]
+    ncell = hd[HD_NCELL]
+    pmax = hd[HD_PMAX]
+    hmax = hd[HD_HMAX]
+    block = hd[HD_BLOCK]
+    v = st[hd[HD_ST_V]:hd[HD_ST_G]]
+    g = st[hd[HD_ST_G]:hd[HD_ST_M]]
+    m = st[hd[HD_ST_M]:hd[HD_ST_Y]]
+    for k in range(x.shape[0]):
+        v[k] = x[k]
+    for cell in range(ncell):
+        cm = meta[1 + cell]
+        I = cm[C_I]
+        P = cm[C_P]
+        h = st[cell * pmax:cell * pmax + P]
+        c = st[ncell * pmax + cell * hmax:ncell * pmax + cell * hmax + cm[C_H]]
+        if cell > 0:  # the previous cell's new h is this one's input
+            hprev = st[(cell - 1) * pmax:(cell - 1) * pmax + I]
+            for k in range(I):
+                v[k] = hprev[k]
+        for k in range(P):
+            v[I + k] = h[k]
+        b = ws[cm[C_B]:cm[C_B] + 4 * cm[C_H]]
+        _cell(_wr(ws, cm), 0, v[:I + P], b, ws, cm, block, c, h, g, m)
+    top = st[(ncell - 1) * pmax:(ncell - 1) * pmax + hd[HD_TOP]]
+    _head(ws, hd, top, st[hd[HD_ST_Y]:hd[HD_ST_Y] + hd[HD_OUT]])
+    return OK
+
+
+@kernel
+def _run(x, lengths, ws, meta, h, c, y):
+    """Whole sequences, any direction: the offline run and the streaming chunk.
+
+    x (B, T, I0) frames; lengths (B,) valid frames per sequence (<= T)
+    h (B, ncell, PMAX), c (B, ncell, HMAX): initial state in, final state out
+    y (B, T, OUT) output; frames past a sequence's length have zero layer output.
+    Per layer and direction, W.x of all valid frames is one matrix product before the
+    recurrence. Returns OK, or NONFINITE with h, c and y untouched.
+    """
+    B = x.shape[0]
+    T = x.shape[1]
+    for b in range(B):
+        for t in range(lengths[b]):
+            for k in range(x.shape[2]):
+                if not np.isfinite(x[b, t, k]):
+                    return NONFINITE
+    hd = meta[0]
+    ncell = hd[HD_NCELL]
+    block = hd[HD_BLOCK]
+    g = np.empty(4 * block, np.float32)
+    m = np.empty(hd[HD_HMAX], np.float32)
+    hp = np.empty(hd[HD_PMAX], np.float32)
+    for b in range(B):
+        n = lengths[b]
+        cur = x[b]
+        first = 0
+        for layer in range(hd[HD_NLAYER]):
+            width = 0
+            last = first
+            while last < ncell and meta[1 + last, C_LAYER] == layer:
+                width += meta[1 + last, C_P]
+                last += 1
+            out = np.zeros((T, width), np.float32)
+            for cell in range(first, last):
+                cm = meta[1 + cell]
+                I = cm[C_I]
+                H = cm[C_H]
+                P = cm[C_P]
+                col = cm[C_COL]
+                w = _wr(ws, cm)
+                pre = np.empty((n, 4 * H), np.float32)
+                _gemm_nt(cur[:n], w, ws[cm[C_B]:cm[C_B] + 4 * H], pre)
+                hs = hp[:P]
+                for j in range(P):
+                    hs[j] = h[b, cell, j]
+                cs = c[b, cell, :H]
+                for s in range(n):
+                    t = n - 1 - s if cm[C_REV] == 1 else s
+                    ht = out[t, col:col + P]
+                    _cell(w, I, hs, pre[t], ws, cm, block, cs, ht, g, m)
+                    for j in range(P):
+                        hs[j] = ht[j]
+                for j in range(P):
+                    h[b, cell, j] = hs[j]
+            cur = out
+            first = last
+        for t in range(T):
+            _head(ws, hd, cur[t], y[b, t])
+    return OK

@@ -1,0 +1,111 @@
+"""Canonical `Model` weights -> the flat buffers the kernels read.
+
+`ws` (float32, 1-D) holds every weight; each section starts on a 64-byte boundary.
+`meta` (int64, (1 + cells, fields)) says where each section is and what the cell does;
+field names and the gate-row order live in kernels/layout.py.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import layout as L
+from .kernels.pointwise import (
+    HEAD_LOGSOFTMAX, HEAD_NONE, HEAD_RELU, HEAD_SIGMOID, HEAD_SOFTMAX, HEAD_TANH,
+)
+
+_HEAD_CODES = {None: HEAD_NONE, "Softmax": HEAD_SOFTMAX, "LogSoftmax": HEAD_LOGSOFTMAX,
+               "Sigmoid": HEAD_SIGMOID, "Tanh": HEAD_TANH, "Relu": HEAD_RELU}
+_ALIGN = 16  # floats per 64 bytes
+
+
+@dataclass(frozen=True)
+class Packed:
+    ws: np.ndarray  # (n,) float32: every weight of the model
+    meta: np.ndarray  # (1 + cells, C_FIELDS) int64
+    ncell: int
+    pmax: int  # row stride of h in state arrays
+    hmax: int  # row stride of c in state arrays
+
+    @property
+    def stream_len(self) -> int:
+        return int(self.meta[0, L.HD_ST_LEN])
+
+    @property
+    def state_len(self) -> int:
+        """Floats of (h, c) at the front of a streaming buffer."""
+        return self.ncell * (self.pmax + self.hmax)
+
+
+def gate_row_order(H: int, block: int = L.BLOCK) -> np.ndarray:
+    """perm[packed row] = canonical row (gate-major i, o, f, c over all H units)."""
+    perm = np.empty(4 * H, np.int64)
+    for u0 in range(0, H, block):
+        w = min(block, H - u0)
+        for q in range(4):
+            perm[4 * u0 + q * w:4 * u0 + (q + 1) * w] = q * H + np.arange(u0, u0 + w)
+    return perm
+
+
+class _Buffer:
+    def __init__(self):
+        self.parts, self.size = [], 0
+
+    def add(self, a) -> int:
+        a = np.ascontiguousarray(a, np.float32).ravel()
+        off = self.size
+        pad = -(off + a.size) % _ALIGN
+        self.parts.append(a)
+        if pad:
+            self.parts.append(np.zeros(pad, np.float32))
+        self.size += a.size + pad
+        return off
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+
+
+def pack(model) -> Packed:
+    """Pack a validated Model for the fp32 kernels."""
+    buf = _Buffer()
+    cells = list(model.cells())
+    meta = np.zeros((1 + len(cells), max(L.HD_FIELDS, L.C_FIELDS)), np.int64)
+    pmax = max(layer.proj_size for _, _, layer, _ in cells)
+    hmax = max(layer.hidden_size for _, _, layer, _ in cells)
+    kmax = 0
+    for k, (li, rev, layer, d) in enumerate(cells):
+        H, I, P = layer.hidden_size, layer.input_size, layer.proj_size
+        kmax = max(kmax, I + P)
+        perm = gate_row_order(H)
+        cm = meta[1 + k]
+        cm[L.C_LAYER], cm[L.C_REV] = li, int(rev)
+        cm[L.C_I], cm[L.C_H], cm[L.C_P] = I, H, P
+        cm[L.C_WR] = buf.add(np.concatenate([d.W, d.R], axis=1)[perm])
+        cm[L.C_B] = buf.add(d.b[perm])
+        cm[L.C_PEEP] = -1 if d.peepholes is None else buf.add(d.peepholes)
+        cm[L.C_PROJ] = -1 if d.proj is None else buf.add(d.proj)
+        f, g, h = d.activations
+        cm[L.C_PRM] = buf.add([f.alpha, f.beta, g.alpha, g.beta, h.alpha, h.beta,
+                               layer.clip or 0.0])
+        cm[L.C_ACTF], cm[L.C_ACTG], cm[L.C_ACTH] = f.code, g.code, h.code
+        cm[L.C_IFORGET] = int(layer.input_forget)
+        cm[L.C_CLIP] = int(layer.clip is not None)
+        cm[L.C_COL] = P if (layer.direction == "bidirectional" and rev) else 0
+    hd = meta[0]
+    hd[L.HD_NCELL], hd[L.HD_NLAYER], hd[L.HD_BLOCK] = len(cells), len(model.layers), L.BLOCK
+    hd[L.HD_IN] = model.layers[0].input_size
+    hd[L.HD_OUT] = model.output_size
+    hd[L.HD_TOP] = model.layers[-1].output_size
+    hd[L.HD_HEAD_W] = hd[L.HD_HEAD_B] = -1
+    hd[L.HD_HEAD_ACT] = HEAD_NONE
+    if model.head is not None:
+        hd[L.HD_HEAD_W] = buf.add(model.head.weight)
+        if model.head.bias is not None:
+            hd[L.HD_HEAD_B] = buf.add(model.head.bias)
+        hd[L.HD_HEAD_ACT] = _HEAD_CODES[model.head.activation]
+    hd[L.HD_PMAX], hd[L.HD_HMAX], hd[L.HD_KMAX] = pmax, hmax, kmax
+    hd[L.HD_ST_V] = len(cells) * (pmax + hmax)
+    hd[L.HD_ST_G] = hd[L.HD_ST_V] + kmax
+    hd[L.HD_ST_M] = hd[L.HD_ST_G] + 4 * L.BLOCK
+    hd[L.HD_ST_Y] = hd[L.HD_ST_M] + hmax
+    hd[L.HD_ST_LEN] = hd[L.HD_ST_Y] + model.output_size
+    return Packed(buf.array(), meta, len(cells), pmax, hmax)
