@@ -244,6 +244,8 @@ class Stream:
         X = e._frames(X, "X", batched=False)
         T = X.shape[0]
         Y = np.empty((1, T, e.model.output_size), np.float32)
+        if T == 0:  # the kernel would apply onnxruntime's empty-sequence rule (zero state)
+            return Y[0]
         if _run(X[None], np.array([T], np.int64), self._ws, self._meta, self._h, self._c, Y) \
                 == NONFINITE:
             raise _nonfinite("X")

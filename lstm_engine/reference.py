@@ -88,6 +88,8 @@ def run(model, X, h0=None, c0=None, lengths=None, dtype=np.float64):
             Y = np.zeros((T, B, layer.proj_size), dtype)
             for b in range(B):
                 n = int(lengths[b])
+                if n == 0:  # onnxruntime: an empty sequence ends in zero state
+                    h[k][b], c[k][b] = 0, 0
                 steps = range(n - 1, -1, -1) if reverse else range(n)
                 for t in steps:
                     h[k][b], c[k][b] = cell_step(layer, d, layer_in[t, b], h[k][b], c[k][b], dtype)

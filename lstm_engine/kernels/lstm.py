@@ -162,7 +162,8 @@ def _run(x, lengths, ws, meta, h, c, y):
 
     x (B, T, I0) frames; lengths (B,) valid frames per sequence (<= T)
     h (B, ncell, PMAX), c (B, ncell, HMAX): initial state in, final state out
-    y (B, T, OUT) output; frames past a sequence's length have zero layer output.
+    y (B, T, OUT) output; frames past a sequence's length have zero layer output, and
+    a sequence of length 0 ends in zero state (as in onnxruntime).
     Per layer and direction, W.x of all valid frames is one matrix product before the
     recurrence. Returns OK, or NONFINITE with h, c and y untouched.
     """
@@ -203,6 +204,9 @@ def _run(x, lengths, ws, meta, h, c, y):
                 for j in range(P):
                     hs[j] = h[b, cell, j]
                 cs = c[b, cell, :H]
+                if n == 0:  # onnxruntime's rule: an empty sequence ends in zero state
+                    hs[:] = 0
+                    cs[:] = 0
                 for s in range(n):
                     t = n - 1 - s if cm[C_REV] == 1 else s
                     ht = out[t, col:col + P]
