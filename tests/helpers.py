@@ -83,3 +83,11 @@ def maxdiff(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+def scaled_err(a, b):
+    """max |a - b| / max(1, |b|): float32 keeps ~1e-7 relative precision, so a state that
+    grows large (unbounded activations, f = 1 - i with a signed gate) is judged relatively."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((np.abs(a - b) / np.maximum(1.0, np.abs(b))).max()) if a.size else 0.0
