@@ -64,10 +64,14 @@ def make(name: str, alpha: float | None = None, beta: float | None = None) -> Ac
     if canon is None:
         raise KeyError(name)
     _, ta, tb, da, db = _TABLE[canon]
+
+    def f32(v):  # float32, as ONNX attributes and the kernels hold them
+        return float(np.float32(v))
+
     return Activation(
         canon,
-        float(da if alpha is None else alpha) if ta else 0.0,
-        float(db if beta is None else beta) if tb else 0.0,
+        f32(da if alpha is None else alpha) if ta else 0.0,
+        f32(db if beta is None else beta) if tb else 0.0,
     )
 
 

@@ -76,7 +76,7 @@ def test_save_load_round_trip(rng, tmp_path):
     m.save(path)
     m2 = le.load(path)
     assert m2.fingerprint() == m.fingerprint()
-    assert m2.layers[0].directions[0].activations[2] == acts.Activation("ScaledTanh", 0.5, 2.0)
+    assert m2.layers[0].directions[0].activations[2] == acts.make("ScaledTanh", 0.5, 2.0)
     assert m2.layers[0].clip == 1.5 and m2.layers[0].input_forget and m2.layout == 1
     X = rng.integers(0, 20, (3, 7))
     Y1, _ = le.Engine(m).run(X)

@@ -1,0 +1,911 @@
+"""ONNX graph -> `Model`, by abstract interpretation of the graph.
+
+Every tensor gets an abstract value:
+  Const        weights and everything computed from constants alone (folded here);
+  Data         a run-time tensor whose axes carry labels: T (time), B (batch), F (the
+               features of a stage: stage 0 is the model input, stage l+1 the output of
+               layer l), D/P (an LSTM's directions and h), S (a run of state cells),
+               O (head outputs), 1 (a unit axis);
+  ShapeVec     Shape() of Data, with symbolic T/B, for exporters' shape arithmetic;
+  Unknown      what an op outside the supported set produced.
+The glue exporters wrap LSTMs in (Transpose, Slice, Squeeze, Unsqueeze, Reshape,
+Concat, Split, Gather of state, Identity, Cast, Dropout, Shape arithmetic) only moves
+labels around; LSTM, Gather(table, ids), MatMul/Gemm + Add + Softmax/... build the
+Model. Any Unknown reaching an LSTM or a graph output makes the import fail with the
+list of unsupported ops; select="lstm" keeps only the LSTM stack instead.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from lstm_engine import activations as acts
+from lstm_engine.errors import ModelError
+from lstm_engine.model import Direction, Embedding, Head, Layer, Model
+
+_BIG_T, _BIG_B = 100003, 100019  # stand-ins for symbolic T and B in reshape arithmetic
+_ALL = 1 << 20  # cell count of a state input whose size the graph does not fix
+_GLUE = {"Identity", "Dropout", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Reshape", "Slice",
+         "Gather", "Split", "Concat", "Expand", "Tile"}
+_HEAD_ACTS = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Relu"}
+_LSTM_ATTRS = {"activation_alpha", "activation_beta", "activations", "clip", "direction",
+               "hidden_size", "input_forget", "layout"}
+
+
+# ---- abstract values -------------------------------------------------------------
+@dataclass(frozen=True)
+class Const:
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class Data:
+    kind: str  # ids | frames | lstm_y | state | lens
+    axes: tuple  # labels, see module docstring
+    stage: object = None  # frames/lstm_y: stage index, or "head"
+    which: str = ""  # state: "h" or "c"
+    cells: tuple = ()  # state: cell indices along S (or the one cell when S is gone)
+    source: str = ""  # state/lens/ids: the graph input it comes from ("" = computed)
+    head: tuple = ()  # frames at the head: what has been applied ("mm", "bias", "act")
+
+
+@dataclass(frozen=True)
+class ShapeVec:
+    dims: tuple  # ints, or "T"/"B"
+
+
+@dataclass(frozen=True)
+class ZeroState:
+    """Zeros made at run time (ConstantOfShape), as exporters build a default state."""
+
+
+@dataclass(frozen=True)
+class AnyShape:
+    """The shape of a tensor this importer does not follow: good for making zeros only."""
+
+
+@dataclass(frozen=True)
+class Unknown:
+    why: str
+
+
+@dataclass
+class GraphIO:
+    """How a graph's inputs and outputs map onto Engine.run / Stream state."""
+
+    x: str = ""  # graph input of frames or token ids
+    layout: int = 0  # 0: x is (T, B, ...), 1: (B, T, ...)
+    batched: bool = True  # False when x has no batch axis
+    lengths: str = ""  # graph input of sequence_lens, if any
+    # state tensors: lists of (graph name, first cell, cells), cells in the engine's state order
+    h0: list = field(default_factory=list)
+    c0: list = field(default_factory=list)
+    y: str = ""  # graph output of the model output
+    y_axes: tuple = ()  # its axes: T, B, then F (stage features) or O (head); or an LSTM's
+    #                     raw (T, D, B, P) / (B, T, D, P), where D*P is the engine's F
+    hn: list = field(default_factory=list)
+    cn: list = field(default_factory=list)
+    state_axes: tuple = ("S", "B", "P")  # axes of state tensors; ("B", "S", "P") for layout 1
+    extras: list = field(default_factory=list)  # graph outputs not mapped (select="lstm")
+
+    def engine_args(self, feeds: dict, model: Model):
+        """Graph feeds -> (X, state, lengths) for Engine.run."""
+        X = np.asarray(feeds[self.x])
+        state = None
+        if self.h0:
+            s = self.state_axes.index("S")
+            state = tuple([np.take(np.asarray(feeds[name]), k, axis=s) for name, _, n in runs for k in range(n)]
+                          for runs in (self.h0, self.c0))
+        lengths = np.asarray(feeds[self.lengths]) if self.lengths else None
+        return X, state, lengths
+
+    def graph_outputs(self, Y, state, model: Model) -> dict:
+        """Engine.run results -> {graph output name: array in the graph's layout}."""
+        out = {}
+        if self.y:
+            lead = ("B", "T") if model.layout == 1 else ("T", "B")
+            axes, arr = list(lead if Y.ndim == 3 else lead[:1]), Y
+            if "D" in self.y_axes:  # the raw LSTM output: split F into (D, P)
+                top = model.layers[-1]
+                arr = arr.reshape(arr.shape[:-1] + (top.num_directions, top.proj_size))
+                axes += ["D", "P"]
+            else:
+                axes.append(self.y_axes[-1])
+            real = [a for a in self.y_axes if a != "1"]
+            arr = np.transpose(arr, [axes.index(a) for a in real])
+            out[self.y] = arr.reshape([1 if a == "1" else arr.shape[real.index(a)] for a in self.y_axes])
+        s = self.state_axes.index("S")
+        for runs, arrays in ((self.hn, state[0]), (self.cn, state[1])):
+            for name, first, n in runs:
+                part = arrays[first:first + n]
+                out[name] = np.stack(part, axis=s if np.ndim(part[0]) == 2 else 0)
+        return out
+
+
+class _Refuse(Exception):
+    pass
+
+
+class _Downstream(_Refuse):
+    """Refused only because an input was refused: not a cause worth reporting."""
+
+
+# ---- loading ----------------------------------------------------------------------
+def _load(src) -> tuple[onnx.ModelProto, str | None]:
+    if isinstance(src, onnx.ModelProto):
+        return src, None
+    try:
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            return onnx.load_model_from_string(bytes(src)), None
+        path = os.fspath(src)
+        if not os.path.isfile(path):
+            raise ModelError(f"{path}: no such file")
+        with open(path, "rb") as f:
+            return onnx.load_model_from_string(f.read()), os.path.dirname(os.path.abspath(path))
+    except ModelError:
+        raise
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ModelError(f"not a readable ONNX model ({type(e).__name__}: {e})") from None
+
+
+def _external(t: onnx.TensorProto, base: str | None) -> np.ndarray:
+    """An external-data tensor, read only from inside the model's folder (DESIGN §7)."""
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    if base is None:
+        raise ModelError(f"initializer {t.name!r}: stored in external file {loc!r}, but the model was "
+                         "not loaded from a path; load it with from_onnx(path)")
+    if not loc or os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/"):
+        raise ModelError(f"initializer {t.name!r}: external data location {loc!r} leaves the model's folder")
+    root = os.path.realpath(base)
+    full = os.path.realpath(os.path.join(root, loc))
+    if os.path.commonpath([root, full]) != root:
+        raise ModelError(f"initializer {t.name!r}: external data {loc!r} resolves outside the model's "
+                         "folder (symlink)")
+    try:
+        offset, length = int(info.get("offset", 0)), info.get("length")
+        with open(full, "rb") as f:
+            f.seek(offset)
+            raw = f.read() if length is None else f.read(int(length))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"initializer {t.name!r}: cannot read external data {loc!r} ({e})") from None
+    t2 = onnx.TensorProto()
+    t2.CopyFrom(t)
+    del t2.external_data[:]
+    t2.data_location = onnx.TensorProto.DEFAULT
+    t2.raw_data = raw
+    return _array(t2)
+
+
+def _array(t: onnx.TensorProto, base: str | None = None) -> np.ndarray:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return _external(t, base)
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelError(f"tensor {t.name!r}: damaged ({type(e).__name__}: {e})") from None
+
+
+# ---- the interpreter ----------------------------------------------------------------
+class _Importer:
+    def __init__(self, proto: onnx.ModelProto, base, constants, select):
+        self.g = proto.graph
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.select = select
+        self.vals: dict = {}
+        self.io = GraphIO()
+        self.layers: list = []  # Layer per LSTM node in stack order
+        self.embedding = None
+        self.head_w = self.head_b = None
+        self.head_act = None
+        self.bind: dict = {}  # x-axis labels of the graph input -> "T"/"B"
+        self.problems: list = []  # (op_type, node name) on the data path
+        self.state_mode = None  # True when LSTMs take initial state from graph inputs
+        self._run_start = {}  # state input -> its first cell used
+        self._y_layout = 0
+        self.input_dims = {}  # graph input -> static dims (None where symbolic)
+        constants = dict(constants or {})
+        for t in self.g.initializer:
+            self.vals[t.name] = Const(_array(t, base))
+        for vi in self.g.input:
+            if vi.name in constants:
+                self.vals[vi.name] = Const(np.asarray(constants.pop(vi.name)))
+            elif vi.name not in self.vals:
+                self.vals[vi.name] = self._graph_input(vi)
+        if constants:
+            raise ModelError(f"constants: {sorted(constants)} are not graph inputs "
+                             f"(inputs: {[i.name for i in self.g.input]})")
+
+    # graph inputs: labels are provisional until an LSTM says which axis is time
+    def _graph_input(self, vi):
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        self.input_dims[vi.name] = dims
+        elem = tt.elem_type
+        is_int = elem in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        rank = len(dims)
+        if is_int and rank in (1, 2):  # token ids, or (rank 1) sequence_lens: decided by use
+            return Data("ids", tuple(f"x{k}" for k in range(rank)), source=vi.name)
+        if rank == 3:
+            # a float 3-D input: frames (x0, x1, F), or a state (S, B, P) -- decided by use
+            return Data("raw3", ("x0", "x1", "F"), source=vi.name)
+        if rank == 2:
+            return Data("frames", ("x0", "F"), stage=0, source=vi.name)
+        return Unknown(f"graph input {vi.name!r} of rank {rank}")
+
+    def run(self):
+        needed = self._needed()
+        for node in self.g.node:
+            if not any(o in needed for o in node.output):
+                continue
+            ins = [self.vals.get(n, Unknown("missing")) if n else None for n in node.input]
+            try:
+                outs = self._node(node, ins)
+            except _Refuse as e:
+                if node.op_type == "LSTM" and (self.select or not isinstance(e, _Downstream)):
+                    # never drop a layer of the stack (without select, _finish names the cause)
+                    raise ModelError(f"LSTM node {node.name!r}: its input cannot be followed back to the "
+                                     f"model input or the LSTM before it ({e})") from None
+                if not isinstance(e, _Downstream):
+                    self.problems.append((node.op_type, node.name, str(e)))
+                outs = [Unknown(str(e))] * len(node.output)
+            for name, v in zip(node.output, outs):
+                if name:
+                    self.vals[name] = v
+        return self._finish()
+
+    def _needed(self) -> set:
+        producers = {o: n for n in self.g.node for o in n.output}
+        need, todo = set(), [o.name for o in self.g.output]
+        while todo:
+            t = todo.pop()
+            if t in need:
+                continue
+            need.add(t)
+            n = producers.get(t)
+            if n is not None:
+                todo.extend(i for i in n.input if i)
+                for a in n.attribute:  # If/Loop/Scan bodies read outer names
+                    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                        raise ModelError(f"node {n.name or n.op_type!r}: control flow ({n.op_type}) "
+                                         "is not supported")
+        return need
+
+    # ---- dispatch -------------------------------------------------------------
+    def _node(self, node, ins):
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            raise _Refuse(f"custom domain {node.domain!r}")
+        if op == "LSTM" and self.select and not self.layers and isinstance(ins[0], Unknown):
+            # select="lstm": whatever feeds the first LSTM becomes the model input
+            ins = [Data("frames", ("x0", "x1", "F"), stage=0, source=node.input[0])] + ins[1:]
+        present = [v for v in ins if v is not None]
+        if op in ("Expand", "Tile") and isinstance(ins[0], Const) and not np.any(ins[0].value):
+            return [ZeroState()]
+        if op == "Shape" and isinstance(ins[0], Unknown) or \
+                op in _GLUE | {"Mul", "Add", "Sub", "Div", "ConstantOfShape"} and any(isinstance(v, AnyShape) for v in present):
+            return [ZeroState() if op == "ConstantOfShape" else AnyShape()] * len(node.output)
+        if op in _GLUE and isinstance(ins[0], ZeroState):
+            return [ZeroState()] * len(node.output)
+        if any(isinstance(v, Unknown) for v in present):
+            raise _Downstream("input comes from an unsupported op")
+        if op == "Constant":
+            return [Const(numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].type == onnx.AttributeProto.TENSOR
+                          else np.array(onnx.helper.get_attribute_value(node.attribute[0])))]
+        if op.startswith("Random") or op in ("Bernoulli", "Multinomial"):
+            raise _Refuse(f"{op} is not deterministic")
+        if all(isinstance(v, Const) for v in present) and op != "LSTM":
+            return self._fold(node, ins)
+        handler = getattr(self, "_op_" + op, None)
+        if handler is None:
+            raise _Refuse(f"{op} on run-time data is not supported")
+        out = handler(node, ins, self._attrs(node))
+        return out if isinstance(out, list) else [out]
+
+    @staticmethod
+    def _attrs(node):
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def _fold(self, node, ins):
+        from onnx.reference import ReferenceEvaluator
+
+        names = [f"i{k}" if v is not None else "" for k, v in enumerate(ins)]
+        n2 = onnx.helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))],
+                                   domain=node.domain)
+        n2.attribute.extend(node.attribute)
+        feeds = {f"i{k}": v.value for k, v in enumerate(ins) if v is not None}
+        g = onnx.helper.make_graph([n2], "fold", [onnx.helper.make_tensor_value_info(k, onnx.TensorProto.UNDEFINED, None)
+                                                  for k in feeds],
+                                   [onnx.helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None)
+                                    for k in range(len(node.output))])
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", self.opset)])
+        try:
+            res = ReferenceEvaluator(m).run(None, feeds)
+        except Exception as e:
+            raise _Refuse(f"cannot fold constant {node.op_type}: {e}") from None
+        return [Const(np.asarray(r)) for r in res]
+
+    # ---- label helpers --------------------------------------------------------
+    def _lab(self, a):
+        return self.bind.get(a, a)
+
+    def _axes(self, d: Data):
+        return tuple(self._lab(a) for a in d.axes)
+
+    def _placeholder(self, label):
+        """Size of a time or batch axis: the model input's static size where the graph
+        fixes one (exporters bake it into Reshape targets), else a stand-in."""
+        lab = self._lab(label)
+        raw = label if label in ("x0", "x1") else next((r for r, b in self.bind.items() if b == lab), None)
+        dims = self.input_dims.get(self.io.x) or []
+        if raw is not None and int(raw[1]) < len(dims) and dims[int(raw[1])]:
+            return dims[int(raw[1])]
+        return _BIG_T if lab in ("T", "x0") else _BIG_B
+
+    def _size(self, d: Data, label):
+        label = self._lab(label)
+        if label in ("T", "B", "x0", "x1"):
+            return self._placeholder(label)
+        if label == "1":
+            return 1
+        if label == "S":
+            return len(d.cells)
+        if d.kind == "lstm_y":
+            layer = self.layers[d.stage - 1]
+            return {"D": layer.num_directions, "P": layer.proj_size}[label]
+        if d.kind == "state":
+            layer = self._cell_layer(d.cells[0])
+            return {"P": layer.proj_size if d.which == "h" else layer.hidden_size}[label]
+        if label == "F":
+            if d.stage in (None, 0) and self.embedding is None:  # the model input, before any LSTM
+                dims = self.input_dims.get(d.source) or []
+                if dims and dims[-1]:
+                    return dims[-1]
+            return self._stage_width(d.stage)
+        if label == "O":
+            return self.head_w.shape[1]
+        raise _Refuse(f"axis {label} has no known size")
+
+    def _stage_width(self, stage):
+        if stage == 0:
+            if self.embedding is not None:
+                return self.embedding.weight.shape[1]
+            raise _Refuse("input width is not known before the first LSTM")
+        return self.layers[stage - 1].output_size
+
+    def _cell_layer(self, cell):
+        k = 0
+        for layer in self.layers:
+            if cell < k + layer.num_directions:
+                return layer
+            k += layer.num_directions
+        raise _Refuse("state cell beyond the LSTMs seen so far")
+
+    @staticmethod
+    def _norm(d: Data) -> Data:
+        """lstm_y whose D axis is gone (one direction) is a stage's frames."""
+        if d.kind == "lstm_y" and "D" not in d.axes and "P" in d.axes:
+            return replace(d, kind="frames", axes=tuple("F" if a == "P" else a for a in d.axes))
+        return d
+
+    @staticmethod
+    def _int_list(v, what):
+        if not isinstance(v, Const):
+            raise _Refuse(f"{what} must be constant")
+        return [int(x) for x in np.asarray(v.value).reshape(-1)]
+
+    # ---- glue ops ---------------------------------------------------------------
+    def _op_Identity(self, node, ins, at):
+        return ins[0]
+
+    _op_Dropout = _op_Identity
+
+    def _op_Cast(self, node, ins, at):
+        v = ins[0]
+        to = at.get("to")
+        if isinstance(v, ShapeVec):
+            return v
+        if isinstance(v, Data) and v.kind in ("ids", "lens"):
+            return v
+        if isinstance(v, Data) and to in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                          onnx.TensorProto.FLOAT16):
+            return v
+        raise _Refuse("Cast of run-time data to a non-float type")
+
+    def _op_Transpose(self, node, ins, at):
+        v = ins[0]
+        if not isinstance(v, Data):
+            raise _Refuse("Transpose of a non-tensor value")
+        perm = at.get("perm", list(range(len(v.axes)))[::-1])
+        return self._norm(replace(v, axes=tuple(v.axes[p] for p in perm)))
+
+    def _squeezable(self, v, a):
+        lab = self._lab(a)
+        return lab == "1" or (lab == "D" and self._size(v, "D") == 1) or (lab == "S" and len(v.cells) == 1)
+
+    def _op_Squeeze(self, node, ins, at):
+        v = ins[0]
+        if not isinstance(v, Data):
+            raise _Refuse("Squeeze of a non-tensor value")
+        axes = at.get("axes") if self.opset < 13 else (self._int_list(ins[1], "Squeeze axes") if len(ins) > 1 and ins[1] is not None else None)
+        if axes is None:
+            axes = [k for k, a in enumerate(v.axes) if self._squeezable(v, a)]
+        axes = sorted(a % len(v.axes) for a in axes)
+        for a in axes:
+            if not self._squeezable(v, v.axes[a]):
+                raise _Refuse(f"Squeeze of axis {self._lab(v.axes[a])}, which is not of size 1")
+        return self._norm(replace(v, axes=tuple(x for k, x in enumerate(v.axes) if k not in axes)))
+
+    def _op_Unsqueeze(self, node, ins, at):
+        v = ins[0]
+        axes = at.get("axes") if self.opset < 13 else self._int_list(ins[1], "Unsqueeze axes")
+        if isinstance(v, ShapeVec) and len(v.dims) == 1 and axes in ([0], [-1]):
+            return v  # scalar -> 1-vector: ShapeVec does not track rank 0
+        if not isinstance(v, Data):
+            raise _Refuse("Unsqueeze of a non-tensor value")
+        out = list(v.axes)
+        n = len(out) + len(axes)
+        for a in sorted(x % n for x in axes):
+            out.insert(a, "1")
+        return replace(v, axes=tuple(out))
+
+    def _op_Reshape(self, node, ins, at):
+        v, spec = ins[0], ins[1]
+        if isinstance(v, ShapeVec):  # exporters flatten shape vectors with Reshape(-1)
+            if isinstance(spec, Const) and np.asarray(spec.value).reshape(-1).tolist() in ([-1], [len(v.dims)]):
+                return v
+            raise _Refuse("Reshape of a shape vector")
+        if not isinstance(v, Data):
+            raise _Refuse("Reshape of a non-tensor value")
+        if isinstance(spec, ShapeVec):
+            target = [self._placeholder(d) if isinstance(d, str) else d for d in spec.dims]
+        else:
+            target = self._int_list(spec, "Reshape shape")
+        sizes = [self._size(v, a) for a in v.axes]
+        if any(isinstance(t, str) for t in target):
+            raise _Refuse("Reshape to a shape computed from unknown dims")
+        target = [sizes[k] if t == 0 and not at.get("allowzero", 0) else t for k, t in enumerate(target)]
+        if target.count(-1) == 1:
+            known = int(np.prod([t for t in target if t != -1]))
+            target[target.index(-1)] = int(np.prod(sizes)) // known
+        labels = [self._lab(a) for a in v.axes]
+        dynamic = any(l in ("T", "B", "x0", "x1") and self._placeholder(l) > 100000 for l in labels)
+        hint = (f" (target {target} fixes a size the graph input leaves dynamic: the graph only runs "
+                "at the size it was exported with; export with static shapes)") if dynamic else ""
+        if int(np.prod(target)) != int(np.prod(sizes)):
+            raise _Refuse("Reshape whose sizes do not match" + hint)
+        # group consecutive input axes into each output dim (row-major order is kept)
+        out, i = [], 0
+        for t in target:
+            group, prod = [], 1
+            while i < len(sizes) and (prod < t or (sizes[i] == 1 and prod == t and t != 1)):
+                group.append(labels[i])
+                prod *= sizes[i]
+                i += 1
+            if prod != t:
+                raise _Refuse("Reshape that splits an axis" + hint)
+            real = [g for g in group if not (g == "1" or self._size(v, g) == 1)]
+            if not real:
+                out.append(group[0] if len(group) == 1 else "1")
+            elif len(real) == 1:
+                out.append(next(a for a, l in zip(v.axes[i - len(group):i], group) if l == real[0]))
+            elif real == ["D", "P"] and v.kind == "lstm_y":
+                out.append("F")
+            else:
+                raise _Refuse(f"Reshape that merges axes {real}")
+        while i < len(sizes):  # trailing unit axes
+            if sizes[i] != 1:
+                raise _Refuse("Reshape that drops an axis")
+            i += 1
+        kind = "frames" if v.kind == "lstm_y" and "F" in out else v.kind
+        return self._norm(replace(v, kind=kind, axes=tuple(out)))
+
+    def _op_Shape(self, node, ins, at):
+        v = ins[0]
+        if not isinstance(v, Data):
+            raise _Refuse("Shape of a non-tensor value")
+        # time/batch stay symbolic (raw labels), resolved when a Reshape uses them
+        dims = [a if self._lab(a) in ("T", "B", "x0", "x1") else self._size(v, a) for a in v.axes]
+        s, e = at.get("start", 0), at.get("end", len(dims))
+        return ShapeVec(tuple(dims[s:e]))
+
+    def _shape_gather(self, v, idx):
+        d = np.asarray(v.dims, dtype=object)[np.asarray(idx)]
+        return ShapeVec(tuple(np.atleast_1d(d).tolist()))
+
+    def _op_Gather(self, node, ins, at):
+        data, idx = ins[0], ins[1]
+        axis = at.get("axis", 0)
+        if isinstance(data, ShapeVec):
+            return self._shape_gather(data, self._int_list(idx, "Gather index"))
+        if isinstance(data, Const) and isinstance(idx, Data) and idx.kind == "ids" and axis == 0:
+            if self.embedding is not None or self.layers:
+                raise _Refuse("a second embedding lookup")
+            self.embedding = Embedding(np.asarray(data.value))
+            self.io.x = idx.source
+            return Data("frames", idx.axes + ("F",), stage=0, source=idx.source)
+        if isinstance(data, Data) and data.kind in ("state", "raw3") and isinstance(idx, Const):
+            d = self._as_state(data, axis)
+            k = np.asarray(idx.value)
+            cells = tuple(np.asarray(d.cells)[k.reshape(-1)].tolist())
+            axes = d.axes if k.ndim else tuple(a for j, a in enumerate(d.axes) if j != axis % len(d.axes))
+            return replace(d, cells=cells, axes=axes)
+        raise _Refuse("Gather on run-time data other than an embedding or a state cell")
+
+    def _as_state(self, v: Data, cell_axis):
+        """A raw 3-D graph input used as (S, B, P) state: it is h0 or c0."""
+        if v.kind == "state":
+            if self._lab(v.axes[cell_axis % len(v.axes)]) != "S":
+                raise _Refuse("indexing a state along an axis other than its cells")
+            return v
+        if v.axes != ("x0", "x1", "F"):
+            raise _Refuse("a state input that was transposed before use")
+        if cell_axis % 3 == 2:
+            raise _Refuse("state cells on the last axis")
+        axes = ("S", "B", "P") if cell_axis % 3 == 0 else ("B", "S", "P")
+        n = (self.input_dims.get(v.source) or [None] * 3)[cell_axis % 3]
+        return Data("state", axes, cells=tuple(range(n or _ALL)), source=v.source)
+
+    def _op_Slice(self, node, ins, at):
+        v = ins[0]
+        if self.opset < 10:
+            starts, ends, axes, steps = at["starts"], at["ends"], at.get("axes"), None
+        else:
+            starts, ends = self._int_list(ins[1], "Slice starts"), self._int_list(ins[2], "Slice ends")
+            axes = self._int_list(ins[3], "Slice axes") if len(ins) > 3 and ins[3] is not None else None
+            steps = self._int_list(ins[4], "Slice steps") if len(ins) > 4 and ins[4] is not None else None
+        axes = axes or list(range(len(starts)))
+        steps = steps or [1] * len(starts)
+        if isinstance(v, ShapeVec):
+            if axes != [0]:
+                raise _Refuse("Slice of a shape along a second axis")
+            return ShapeVec(v.dims[slice(starts[0], ends[0], steps[0])])
+        if isinstance(v, Data) and v.kind in ("state", "raw3") and len(axes) == 1:
+            d = self._as_state(v, axes[0])
+            return replace(d, cells=d.cells[slice(starts[0], min(ends[0], _ALL), steps[0])])
+        raise _Refuse("Slice of run-time data other than state cells")
+
+    def _op_Split(self, node, ins, at):
+        v = ins[0]
+        axis = at.get("axis", 0)
+        if not (isinstance(v, Data) and v.kind in ("state", "raw3")):
+            raise _Refuse("Split of run-time data other than state cells")
+        d = self._as_state(v, axis)
+        split = at.get("split") if self.opset < 13 else (self._int_list(ins[1], "Split sizes") if len(ins) > 1 and ins[1] is not None else None)
+        n = len(node.output)
+        if split is None:
+            if len(d.cells) == _ALL:
+                raise _Refuse("equal Split of a state of unknown size")
+            split = [len(d.cells) // n] * n
+        outs, k = [], 0
+        for s in split:
+            outs.append(replace(d, cells=d.cells[k:k + s]))
+            k += s
+        return outs
+
+    def _op_Concat(self, node, ins, at):
+        axis = at["axis"]
+        if all(isinstance(v, (ShapeVec, Const)) for v in ins):
+            dims = []
+            for v in ins:
+                dims.extend(v.dims if isinstance(v, ShapeVec) else self._int_list(v, "Concat"))
+            return ShapeVec(tuple(dims))
+        if all(isinstance(v, Data) and v.kind == "state" for v in ins):
+            first = ins[0]
+            if any(self._axes(v) != self._axes(first) or v.which != first.which for v in ins) or \
+                    self._lab(first.axes[axis % len(first.axes)]) != "S":
+                raise _Refuse("Concat of states that are not runs of cells")
+            return replace(first, cells=sum((v.cells for v in ins), ()), source="")
+        raise _Refuse("Concat of run-time data other than states")
+
+    def _arith(self, node, ins, fn):
+        a, b = ins
+        if isinstance(a, (ShapeVec, Const)) and isinstance(b, (ShapeVec, Const)):
+            av = a.dims if isinstance(a, ShapeVec) else np.asarray(a.value).reshape(-1).tolist()
+            bv = b.dims if isinstance(b, ShapeVec) else np.asarray(b.value).reshape(-1).tolist()
+            if any(isinstance(x, str) for x in list(av) + list(bv)):
+                raise _Refuse(f"{node.op_type} of symbolic sizes")
+            return ShapeVec(tuple(int(x) for x in np.atleast_1d(fn(np.asarray(av), np.asarray(bv)))))
+        raise _Refuse(f"{node.op_type} on run-time data")
+
+    def _op_Mul(self, node, ins, at):
+        return self._arith(node, ins, np.multiply)
+
+    def _op_Div(self, node, ins, at):
+        return self._arith(node, ins, np.floor_divide)
+
+    def _op_Sub(self, node, ins, at):
+        return self._arith(node, ins, np.subtract)
+
+    def _op_Expand(self, node, ins, at):
+        if isinstance(ins[0], Const) and not np.any(ins[0].value):
+            return ZeroState()
+        raise _Refuse("Expand of run-time data")
+
+    _op_Tile = _op_Expand
+
+    def _op_ConstantOfShape(self, node, ins, at):
+        value = at.get("value")
+        if value is not None and np.any(numpy_helper.to_array(value)):
+            raise _Refuse("ConstantOfShape with a non-zero value on the data path")
+        return ZeroState()
+
+    # ---- model-building ops -------------------------------------------------------
+    def _op_LSTM(self, node, ins, at):
+        unknown = set(at) - _LSTM_ATTRS
+        if unknown:
+            raise ModelError(f"LSTM node {node.name!r}: unsupported attribute(s) {sorted(unknown)}")
+        ins = ins + [None] * (8 - len(ins))
+        x, W, R, B, lens, h0, c0, P = ins[:8]
+        where = f"LSTM node {node.name!r}"
+        for nm, v, k in (("W", W, 1), ("R", R, 2), ("B", B, 3), ("P", P, 7)):
+            if v is not None and not isinstance(v, Const):
+                src = node.input[k]
+                raise ModelError(f"{where}: input {nm} comes from run-time graph input {src!r}; bind it "
+                                 f"with from_onnx(src, constants={{{src!r}: array}})")
+        layout = int(at.get("layout", 0))
+        direction = at.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        D = 2 if direction == "bidirectional" else 1
+        Wv, Rv = np.asarray(W.value), np.asarray(R.value)
+        if Wv.ndim != 3 or Rv.ndim != 3 or Wv.shape[0] != D or Rv.shape[0] != D:
+            raise ModelError(f"{where}: W {Wv.shape} / R {Rv.shape} do not fit direction {direction!r}")
+        H = Wv.shape[1] // 4
+        if "hidden_size" in at and at["hidden_size"] != H:
+            raise ModelError(f"{where}: hidden_size={at['hidden_size']} but W has {Wv.shape[1]} rows")
+        Bv = np.zeros((D, 8 * H), np.float32) if B is None else np.asarray(B.value)
+        Pv = None if P is None else np.asarray(P.value)
+        names = [n.decode() if isinstance(n, bytes) else n for n in at.get("activations", ["Sigmoid", "Tanh", "Tanh"] * D)]
+        if len(names) != 3 * D:
+            raise ModelError(f"{where}: {len(names)} activations for {D} direction(s); expected {3 * D}")
+        try:
+            act_list = acts.from_onnx_lists(names, at.get("activation_alpha", []), at.get("activation_beta", []))
+        except KeyError as e:
+            raise ModelError(f"{where}: unsupported activation {e.args[0]!r}; supported: "
+                             f"{', '.join(acts.NAMES)}") from None
+        try:
+            dirs = [Direction(Wv[d], Rv[d], Bv[d, :4 * H] + Bv[d, 4 * H:],
+                              None if Pv is None else Pv[d], None, tuple(act_list[3 * d:3 * d + 3]))
+                    for d in range(D)]
+            layer = Layer(dirs, direction, at.get("clip"), bool(at.get("input_forget", 0)))
+            Model([layer])  # validates shapes and options, naming what is wrong
+        except ModelError as e:
+            raise ModelError(f"{where}: {e}") from None
+        except (IndexError, ValueError) as e:
+            raise ModelError(f"{where}: inconsistent weight shapes ({e})") from None
+        stage = len(self.layers)
+        self._bind_frames(x, layout, where, stage, layer)
+        first_cell = sum(l.num_directions for l in self.layers)
+        self.layers.append(layer)
+        cells = tuple(range(first_cell, first_cell + D))
+        self._check_lens(lens, where)
+        self._check_state(h0, "h", cells, layout, where, node.input[5] if len(node.input) > 5 else "")
+        self._check_state(c0, "c", cells, layout, where, node.input[6] if len(node.input) > 6 else "")
+        Tl, Bl = ("T", "B") if layout == 0 else ("B", "T")
+        y = Data("lstm_y", (Tl, "D", Bl, "P") if layout == 0 else ("B", "T", "D", "P"), stage=stage + 1)
+        st_axes = ("S", "B", "P") if layout == 0 else ("B", "S", "P")
+        yh = Data("state", st_axes, which="h", cells=cells)
+        yc = Data("state", st_axes, which="c", cells=cells)
+        return [self._norm(y), yh, yc]
+
+    def _bind_frames(self, x, layout, where, stage, layer):
+        if isinstance(x, Data) and x.kind == "raw3":
+            x = Data("frames", x.axes[:2] + ("F",), stage=0, source=x.source)
+        if not (isinstance(x, Data) and x.kind == "frames"):
+            if self.select and stage == 0 and not isinstance(x, Data):
+                return  # select="lstm": whatever feeds the first LSTM is the input
+            raise ModelError(f"{where}: its input X is not the model input or the previous LSTM's output")
+        if x.stage != stage:
+            raise ModelError(f"{where}: its input is not the output of the LSTM before it")
+        axes = list(x.axes)
+        if len(axes) != 3 or self._lab(axes[2]) != "F":
+            raise ModelError(f"{where}: input axes {self._axes(x)} are not (time, batch, features)")
+        want = ("T", "B") if layout == 0 else ("B", "T")
+        for a, w in zip(axes[:2], want):
+            lab = self._lab(a)
+            if lab.startswith("x"):
+                self.bind[a] = w
+            elif lab == "1" and w == "B":
+                self.io.batched = False
+            elif lab != w:
+                raise ModelError(f"{where}: input axes {self._axes(x)} do not match layout={layout}")
+        if stage == 0 and x.source and not self.io.x:
+            self.io.x = x.source
+
+    def _check_lens(self, lens, where):
+        if lens is None:
+            if self.io.lengths:
+                raise ModelError(f"{where}: has no sequence_lens while the LSTM before it has")
+            return
+        if isinstance(lens, Data) and lens.kind == "ids" and len(lens.axes) == 1 and lens.source:
+            if self.layers[:-1] and not self.io.lengths:
+                raise ModelError(f"{where}: takes sequence_lens while the LSTM before it does not")
+            if self.io.lengths and self.io.lengths != lens.source:
+                raise ModelError(f"{where}: uses a different sequence_lens input than the LSTM before it")
+            self.io.lengths = lens.source
+            return
+        if isinstance(lens, Const):
+            raise ModelError(f"{where}: constant sequence_lens are not supported; feed them as a graph input")
+        raise ModelError(f"{where}: sequence_lens is computed in the graph, which is not supported")
+
+    def _check_state(self, v, which, cells, layout, where, name):
+        if v is None or isinstance(v, ZeroState) or (isinstance(v, Const) and not np.any(v.value)):
+            mode = False
+        elif isinstance(v, Data) and v.kind in ("state", "raw3"):
+            d = self._as_state(v, 0 if layout == 0 else 1)
+            local = d.cells if len(d.cells) != _ALL else tuple(range(len(cells)))  # whole input
+            want = ("S", "B", "P") if layout == 0 else ("B", "S", "P")
+            self.io.state_axes = want
+            axes = tuple("S" if self._lab(a) == "1" and len(local) == 1 else self._lab(a) for a in d.axes)
+            offset = cells[0] - local[0]
+            if axes != want or tuple(c + offset for c in local) != cells or not d.source:
+                raise ModelError(f"{where}: initial_{which} is not a run of {len(cells)} cells of a graph "
+                                 "input (the engine's state order is layer-major, forward before reverse)")
+            runs = getattr(self.io, which + "0")
+            known = {name: first - lo for name, first, lo in ((r[0], r[1], self._run_start[r[0]]) for r in runs)}
+            if known.get(d.source, offset) != offset:
+                raise ModelError(f"{where}: initial_{which} takes cells of {d.source!r} at another offset "
+                                 "than the LSTMs before it")
+            if d.source not in known:
+                self._run_start[d.source] = local[0]
+                runs.append([d.source, cells[0], 0])
+            run = next(r for r in runs if r[0] == d.source)
+            run[2] = cells[-1] - run[1] + 1
+            mode = True
+        else:
+            raise ModelError(f"{where}: initial_{which} ({name!r}) is neither zero nor a run of state cells "
+                             "from a graph input")
+        if which == "h":
+            if self.state_mode is not None and self.state_mode != mode:
+                raise ModelError(f"{where}: some LSTMs start from the graph's state inputs and some from zero")
+            self.state_mode = mode
+
+    def _head_input(self, v: Data, op):
+        if not isinstance(v, Data) or v.kind != "frames":
+            raise _Refuse(f"{op} on something other than the top layer's output")
+        if v.stage != len(self.layers) or not self.layers or self._lab(v.axes[-1]) not in ("F", "O"):
+            raise _Refuse(f"{op} not on the top LSTM's output features")
+
+    def _op_MatMul(self, node, ins, at):
+        v, w = ins
+        if not isinstance(w, Const):
+            raise _Refuse("MatMul with a run-time right operand")
+        self._head_input(v, "MatMul")
+        if v.head or self.head_w is not None:
+            raise _Refuse("a second dense layer after the LSTMs")
+        wv = np.asarray(w.value)
+        if wv.ndim != 2 or wv.shape[0] != self.layers[-1].output_size:
+            raise _Refuse(f"MatMul weight of shape {wv.shape} does not fit the LSTM output")
+        self.head_w = wv.T
+        return replace(v, axes=v.axes[:-1] + ("O",), head=("mm",))
+
+    def _op_Gemm(self, node, ins, at):
+        v, w = ins[0], ins[1]
+        c = ins[2] if len(ins) > 2 else None
+        if not isinstance(w, Const) or (c is not None and not isinstance(c, Const)):
+            raise _Refuse("Gemm with run-time weights")
+        if at.get("transA", 0) or at.get("alpha", 1.0) != 1.0 or at.get("beta", 1.0) != 1.0:
+            raise _Refuse("Gemm with transA/alpha/beta")
+        self._head_input(v, "Gemm")
+        wv = np.asarray(w.value)
+        self.head_w = wv if at.get("transB", 0) else wv.T
+        out = self._op_MatMul(node, [v, Const(self.head_w.T)], at)
+        if c is not None:
+            out = self._op_Add(node, [out, c], at)
+        return out
+
+    def _op_Add(self, node, ins, at):
+        a, b = ins
+        if isinstance(a, Const):
+            a, b = b, a
+        if isinstance(a, (ShapeVec, Const)):
+            return self._arith(node, ins, np.add)
+        if not (isinstance(a, Data) and a.head == ("mm",) and isinstance(b, Const)):
+            raise _Refuse("Add other than the dense head's bias")
+        bv = np.asarray(b.value)
+        O = self.head_w.shape[0]
+        if bv.size != O or (bv.ndim and bv.shape[-1] != O):
+            raise _Refuse(f"head bias of shape {bv.shape} does not fit {O} outputs")
+        self.head_b = bv.reshape(O)
+        return replace(a, head=("mm", "bias"))
+
+    def _head_act(self, node, ins, at, name):
+        v = ins[0]
+        if not (isinstance(v, Data) and v.head and "act" not in v.head):
+            raise _Refuse(f"{name} other than after the dense head")
+        if name in ("Softmax", "LogSoftmax"):
+            axis = at.get("axis", -1 if self.opset >= 13 else 1)
+            if axis % len(v.axes) != len(v.axes) - 1:
+                raise _Refuse(f"{name} over an axis other than the last")
+        self.head_act = name
+        return replace(v, head=v.head + ("act",))
+
+    def _op_Softmax(self, node, ins, at):
+        return self._head_act(node, ins, at, "Softmax")
+
+    def _op_LogSoftmax(self, node, ins, at):
+        return self._head_act(node, ins, at, "LogSoftmax")
+
+    def _op_Sigmoid(self, node, ins, at):
+        return self._head_act(node, ins, at, "Sigmoid")
+
+    def _op_Tanh(self, node, ins, at):
+        return self._head_act(node, ins, at, "Tanh")
+
+    def _op_Relu(self, node, ins, at):
+        return self._head_act(node, ins, at, "Relu")
+
+    # ---- the result -----------------------------------------------------------------
+    def _finish(self):
+        if not self.layers and not self.problems:
+            raise ModelError("no LSTM node found on the way to the graph's outputs")
+        ncell = sum(l.num_directions for l in self.layers)
+        bad_outputs = []
+        for o in self.g.output:
+            v = self.vals.get(o.name)
+            if isinstance(v, Data) and v.kind in ("frames", "lstm_y") and v.stage == len(self.layers) and \
+                    (v.head == () or self.head_w is not None):
+                if self.head_w is not None and not v.head:
+                    bad_outputs.append((o.name, "the LSTM output without the head beside the head's output"))
+                    continue
+                axes = self._axes(v)
+                order = [a for a in axes if a in ("T", "B", "1")]
+                self.io.y = o.name
+                self.io.y_axes = axes
+                self._y_layout = 1 if order[:1] == ["B"] else 0
+            elif isinstance(v, Data) and v.kind == "state" and \
+                    tuple(v.cells) == tuple(range(v.cells[0], v.cells[0] + len(v.cells))) and \
+                    self._axes(v) in (("S", "B", "P"), ("B", "S", "P")):
+                getattr(self.io, v.which + "n").append((o.name, v.cells[0], len(v.cells)))
+                self.io.state_axes = self._axes(v)
+            elif self.select:
+                self.io.extras.append(o.name)
+            else:
+                why = v.why if isinstance(v, Unknown) else "not the model output or the full final state"
+                bad_outputs.append((o.name, why))
+        if self.problems and not self.select:
+            ops = sorted({p[0] for p in self.problems})
+            detail = "; ".join(f"{op} {name!r}: {why}" for op, name, why in self.problems[:6])
+            raise ModelError(f"unsupported ops on the way to the outputs: {', '.join(ops)} ({detail}); "
+                             "to run only the recurrent part in the engine use from_onnx(src, select='lstm')")
+        if not self.layers:
+            raise ModelError("no LSTM node found on the way to the graph's outputs")
+        if bad_outputs and not self.select:
+            raise ModelError("graph outputs that do not map onto the engine: " +
+                             "; ".join(f"{n!r} ({w})" for n, w in bad_outputs))
+        if not (self.io.y or self.io.hn or self.io.cn) and not self.select:
+            raise ModelError("no graph output carries the top LSTM's output or the final state")
+        x_layout = 1 if self.bind.get("x0") == "B" or self.bind.get("x1") == "T" else 0
+        if self.io.y and not self.select and self._y_layout != x_layout and self.io.batched:
+            raise ModelError("the graph's output has its time and batch axes in the other order than its input")
+        self.io.layout = x_layout
+        self.io.h0 = [tuple(r) for r in self.io.h0]
+        self.io.c0 = [tuple(r) for r in self.io.c0]
+        if self.select:
+            model = Model(self.layers, None, None, x_layout)
+            return model, self.io
+        head = None
+        if self.head_w is not None:
+            head = Head(self.head_w, self.head_b, self.head_act)
+        return Model(self.layers, self.embedding, head, x_layout), self.io
+
+
+def import_onnx(src, constants=None, select=None) -> tuple[Model, GraphIO]:
+    """The Model and the graph-interface mapping (see GraphIO)."""
+    if select not in (None, "lstm"):
+        raise ValueError(f"select={select!r}: the only option is 'lstm'")
+    proto, base = _load(src)
+    return _Importer(proto, base, constants, select).run()
+
+
+def from_onnx(src, constants=None, select=None) -> Model:
+    """An ONNX model (path, bytes or ModelProto) as an lstm_engine.Model.
+
+    constants: arrays for graph inputs that hold weights (e.g. ONNX's backend tests).
+    select="lstm": keep only the LSTM stack when the graph holds more than the engine runs.
+    """
+    return import_onnx(src, constants, select)[0]
