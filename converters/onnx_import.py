@@ -899,7 +899,13 @@ def import_onnx(src, constants=None, select=None) -> tuple[Model, GraphIO]:
     if select not in (None, "lstm"):
         raise ValueError(f"select={select!r}: the only option is 'lstm'")
     proto, base = _load(src)
-    return _Importer(proto, base, constants, select).run()
+    try:
+        return _Importer(proto, base, constants, select).run()
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        if isinstance(e, ModelError):
+            raise
+        # a well-formed protobuf whose graph breaks the ONNX rules (wrong attribute types, ...)
+        raise ModelError(f"malformed ONNX graph ({type(e).__name__}: {e})") from None
 
 
 def from_onnx(src, constants=None, select=None) -> Model:

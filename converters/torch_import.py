@@ -18,6 +18,7 @@ import pickle
 import re
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -145,7 +146,8 @@ def _read_zip_checkpoint(path) -> object:
     except ModelError:
         raise
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
-            AttributeError, IndexError, struct.error, OSError) as e:
+            AttributeError, IndexError, struct.error, OSError, NotImplementedError, RuntimeError,
+            zlib.error) as e:
         raise ModelError(f"{path}: damaged PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
 
