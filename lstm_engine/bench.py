@@ -1,8 +1,9 @@
 """Benchmark runner: the engine next to its peers, measured interleaved in one process.
 
-Statistics (`measure`) are kept apart from presentation (`report`). Every figure is a
-median over many timed calls, with p99 and spread; speed-ups are ratios of medians
-taken in the same run, never of numbers from elsewhere.
+Statistics (`measure`) are kept apart from presentation (`report`, `plot`). Every
+figure is a median over many timed calls, with p99 and spread; speed-ups are ratios
+of medians taken in the same run, never of numbers from elsewhere. JIT compilation
+and each system's warm-up happen before any timing.
 """
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import time
 import numpy as np
 
 from .engine import Engine
+from .errors import ModelError
 from .model import Direction, Layer, Model
 
 NOISY = 0.25  # warn when the interquartile range exceeds this fraction of the median
+PEERS = ("ort", "torch", "openvino")
+ENGINE = "lstm-engine"
 
 
 def default_model(hidden: int, inputs: int | None = None, layers: int = 1, seed: int = 0) -> Model:
-    """The embedded default: random weights, one stack of forward layers, I = H."""
+    """The embedded default: random weights, a stack of forward layers, I = H."""
     rng = np.random.default_rng(seed)
     I = hidden if inputs is None else inputs
     out = []
@@ -32,149 +36,328 @@ def default_model(hidden: int, inputs: int | None = None, layers: int = 1, seed:
 
 
 def machine_info() -> dict:
-    cpu, flags = platform.processor() or platform.machine(), set()
+    cpu, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                if line.startswith("model name") and not cpu:
                     cpu = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")):
+                elif line.startswith(("flags", "Features")) and not flags:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     import numba
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
-            "isa": [f for f in ("avx2", "fma", "avx512f", "asimd") if f in flags],
+    info = {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "machine": platform.machine(), "system": platform.system(),
+            "isa": [name for flag, name in (("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX-512"),
+                                            ("asimd", "NEON")) if flag in flags],
             "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
+    for mod, key in (("onnxruntime", "onnxruntime"), ("torch", "torch"), ("openvino", "openvino")):
+        try:
+            info[key] = __import__(mod).__version__
+        except ImportError:
+            info[key] = None
     return info
 
 
-class _OrtPeer:
-    """onnxruntime on the same model, state carried between calls like a Stream."""
+# ---- the systems -----------------------------------------------------------------
+class _EngineSystem:
+    name = ENGINE
 
-    name = "onnxruntime"
+    def __init__(self, model, precision, threads):
+        self._s = Engine(model, precision=precision, threads=threads).open_stream()
+        self.step, self.run = self._s.step, self._s.run
+
+
+class _OnnxState:
+    """Carries (h, c) between calls of an ONNX runtime like a Stream does."""
 
     def __init__(self, model: Model):
-        import onnxruntime as ort
-
         from converters import to_onnx
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        self._s = ort.InferenceSession(to_onnx(model, with_state=True).SerializeToString(), so,
-                                       providers=["CPUExecutionProvider"])
-        self._state = {}
+        self.proto = to_onnx(model, with_state=True)
+        self.token = model.embedding is not None
+        self.state = {}
         for li, layer in enumerate(model.layers):
-            self._state[f"h0_{li}"] = np.zeros((1, 1, layer.proj_size), np.float32)
-            self._state[f"c0_{li}"] = np.zeros((1, 1, layer.hidden_size), np.float32)
-        self._outs = ["Y"] + [n for li in range(len(model.layers)) for n in (f"hn_{li}", f"cn_{li}")]
+            self.state[f"h0_{li}"] = np.zeros((layer.num_directions, 1, layer.proj_size), np.float32)
+            self.state[f"c0_{li}"] = np.zeros((layer.num_directions, 1, layer.hidden_size), np.float32)
+        self.outs = ["Y"] + [n for li in range(len(model.layers)) for n in (f"hn_{li}", f"cn_{li}")]
+
+    def feed(self, X):
+        feed = dict(self.state)
+        feed["X"] = np.asarray(X, np.int64 if self.token else np.float32)[:, None]
+        return feed
+
+    def keep(self, res):
+        for k, name in enumerate(self.outs[1:]):
+            self.state[name.replace("n_", "0_")] = res[1 + k]
+        return res[0][:, 0]
+
+
+class _OrtSystem(_OnnxState):
+    name = "onnxruntime"
+
+    def __init__(self, model, threads):
+        import onnxruntime as ort
+
+        super().__init__(model)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self._s = ort.InferenceSession(self.proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     def run(self, X):
-        feed = dict(self._state)
-        feed["X"] = X[:, None]
-        res = self._s.run(self._outs, feed)
-        for k, name in enumerate(self._outs[1:]):
-            self._state[name.replace("n_", "0_")] = res[1 + k]
-        return res[0]
+        return self.keep(self._s.run(self.outs, self.feed(X)))
 
     def step(self, x):
-        return self.run(x[None])
+        return self.run(np.asarray(x)[None])[0]
 
 
-def _stats(samples: list) -> dict:
+class _OpenVinoSystem(_OnnxState):
+    name = "openvino"
+
+    def __init__(self, model, threads):
+        import openvino as ov
+
+        super().__init__(model)
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(self.proto.SerializeToString(), b""), "CPU",
+                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        self._req = compiled.create_infer_request()
+        self._ports = [compiled.output(n) for n in self.outs]
+
+    def run(self, X):
+        r = self._req.infer(self.feed(X))
+        return self.keep([r[p] for p in self._ports])
+
+    def step(self, x):
+        return self.run(np.asarray(x)[None])[0]
+
+
+class _TorchSystem:
+    """torch.nn.LSTM (+ Embedding, Linear) with the same weights, state carried."""
+
+    name = "pytorch"
+
+    def __init__(self, model: Model, threads):
+        import torch
+
+        for li, layer in enumerate(model.layers):
+            d = layer.directions[0]
+            if layer.direction != "forward" or layer.clip or layer.input_forget or d.peepholes is not None or \
+                    any(a.name != n for a, n in zip(d.activations, ("Sigmoid", "Tanh", "Tanh"))):
+                raise ModelError(f"layers[{li}] uses options nn.LSTM does not have")
+        torch.set_num_threads(threads)
+        self._torch = torch
+        iofc_to_ifgo = [0, 2, 3, 1]
+        self._layers = []
+        for layer in model.layers:
+            d = layer.directions[0]
+            H = layer.hidden_size
+            m = torch.nn.LSTM(layer.input_size, H, proj_size=layer.proj_size if d.proj is not None else 0)
+            blocks = lambda a: np.concatenate([a[q * H:(q + 1) * H] for q in iofc_to_ifgo])  # noqa: E731
+            with torch.no_grad():
+                m.weight_ih_l0.copy_(torch.from_numpy(blocks(d.W)))
+                m.weight_hh_l0.copy_(torch.from_numpy(blocks(d.R)))
+                m.bias_ih_l0.copy_(torch.from_numpy(blocks(d.b)))
+                m.bias_hh_l0.zero_()
+                if d.proj is not None:
+                    m.weight_hr_l0.copy_(torch.from_numpy(d.proj))
+            self._layers.append([m.eval(), torch.zeros(1, 1, layer.proj_size), torch.zeros(1, 1, H)])
+        self._emb = None if model.embedding is None else torch.from_numpy(model.embedding.weight)
+        self._head = None
+        if model.head is not None:
+            self._head = (torch.from_numpy(model.head.weight),
+                          None if model.head.bias is None else torch.from_numpy(model.head.bias), model.head.activation)
+
+    def run(self, X):
+        torch = self._torch
+        with torch.inference_mode():
+            x = self._emb[torch.as_tensor(np.asarray(X, np.int64))] if self._emb is not None else torch.from_numpy(np.asarray(X))
+            x = x[:, None]
+            for entry in self._layers:
+                x, (entry[1], entry[2]) = entry[0](x, (entry[1], entry[2]))
+            y = x[:, 0]
+            if self._head is not None:
+                w, b, act = self._head
+                y = torch.nn.functional.linear(y, w, b)
+                if act == "Softmax":
+                    y = torch.softmax(y, -1)
+                elif act == "LogSoftmax":
+                    y = torch.log_softmax(y, -1)
+                elif act is not None:
+                    y = getattr(torch, act.lower())(y)
+            return y.numpy()
+
+    def step(self, x):
+        return self.run(np.asarray(x)[None])[0]
+
+
+_PEER_CLASSES = {"ort": _OrtSystem, "torch": _TorchSystem, "openvino": _OpenVinoSystem}
+
+
+def systems(model, against=PEERS, precision="fp32", threads=1, progress=None) -> list:
+    """The engine first, then each requested peer that can run here; skips are reported."""
+    out = [_EngineSystem(model, precision, threads)]
+    for key in against:
+        try:
+            out.append(_PEER_CLASSES[key](model, threads))
+        except ImportError as e:
+            if progress:
+                progress(f"{key}: not installed, skipped ({e.name or e})")
+        except ModelError as e:
+            if progress:
+                progress(f"{key}: cannot run this model, skipped ({e})")
+    return out
+
+
+# ---- statistics ---------------------------------------------------------------------
+def _stats(samples) -> dict:
     a = np.asarray(samples) * 1e6
     q1, med, q3, p99 = np.percentile(a, [25, 50, 75, 99])
     return {"median_us": float(med), "p99_us": float(p99), "iqr_us": float(q3 - q1), "rounds": int(a.size)}
 
 
-def _interleaved(fns: dict, rounds: int, per_round: int) -> dict:
-    """Time each callable per_round times per round, alternating between them."""
+ROUND_BUDGET = 0.01  # seconds a system may spend per round: slow peers get fewer calls
+
+
+def _interleaved(fns: dict, rounds: int, per_round: int, est: dict | None = None) -> dict:
+    """Time each callable up to per_round times per round, alternating between them.
+
+    est: a rough seconds-per-call per system; a slow system gets as many calls per
+    round as fit ROUND_BUDGET (at least one), so one slow peer cannot stall the run.
+    """
     samples = {k: [] for k in fns}
+    n = {k: per_round if est is None else max(1, min(per_round, int(ROUND_BUDGET / max(est[k], 1e-9))))
+         for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            for _ in range(per_round):
+            for _ in range(n[name]):
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - t0)
     return {k: _stats(v) for k, v in samples.items()}
 
 
-def measure(model: Model, steps: int = 2000, chunk: int = 100, peers=("onnxruntime",), progress=None) -> dict:
-    """Step and chunk latencies of the engine and its peers on `model` (float inputs)."""
-    eng = Engine(model)
-    rng = np.random.default_rng(1)
+def _inputs(model, chunk, rng):
+    if model.embedding is not None:
+        V = model.embedding.vocab_size
+        return int(rng.integers(0, V)), rng.integers(0, V, chunk)
     I = model.layers[0].input_size
-    x = rng.uniform(-1, 1, I).astype(np.float32)
-    X = rng.uniform(-1, 1, (chunk, I)).astype(np.float32)
-    stream = eng.open_stream()
-    systems = {"lstm-engine": stream}
-    if "onnxruntime" in peers:
-        try:
-            systems["onnxruntime"] = _OrtPeer(model)
-        except ImportError:
-            if progress:
-                progress("onnxruntime is not installed: skipped")
-    for s in systems.values():  # warm-up outside the timings
-        for _ in range(20):
+    return rng.uniform(-1, 1, I).astype(np.float32), rng.uniform(-1, 1, (chunk, I)).astype(np.float32)
+
+
+def _weight_bytes(model, precision="fp32") -> int:
+    n = sum(d.W.size + d.R.size + (0 if d.proj is None else d.proj.size) for _, _, _, d in model.cells())
+    return n * {"fp32": 4, "bf16": 2, "int8": 1}.get(precision, 4)
+
+
+def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, precision="fp32",
+            threads: int = 1, progress=None) -> dict:
+    """Step and chunk latencies of the engine and its peers on `model`."""
+    rng = np.random.default_rng(1)
+    x, X = _inputs(model, chunk, rng)
+    systems_ = systems(model, against, precision, threads, progress)
+    est_step, est_run = {}, {}
+    for s in systems_:  # warm-up outside the timings (compilation, caches, allocators)
+        for _ in range(5):
             s.step(x)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            s.step(x)
+        est_step[s.name] = (time.perf_counter() - t0) / 10
         s.run(X)
-    weight_bytes = sum(d.W.nbytes + d.R.nbytes for _, _, _, d in model.cells())
+        t0 = time.perf_counter()
+        s.run(X)
+        est_run[s.name] = time.perf_counter() - t0
     per_round = 20
-    rounds = max(5, steps // per_round)
-    step = _interleaved({k: (lambda s=s: s.step(x)) for k, s in systems.items()}, rounds, per_round)
-    chunk_rounds = max(5, steps // (chunk * 2))
-    run = _interleaved({k: (lambda s=s: s.run(X)) for k, s in systems.items()}, chunk_rounds, 1)
+    rounds = max(3, steps // per_round)
+    step = _interleaved({s.name: (lambda s=s: s.step(x)) for s in systems_}, rounds, per_round, est_step)
+    run = _interleaved({s.name: (lambda s=s: s.run(X)) for s in systems_}, max(3, steps // (chunk * 2)), 1, est_run)
     for r in run.values():
         for key in ("median_us", "p99_us", "iqr_us"):
             r[key] /= chunk
-    # the bare gate product [W R] @ [x; h] of the same weights: the cost of reading them
-    blas = None
+    blas = None  # the bare gate product [W R] @ [x; h] of the same weights: the cost of reading them
     if len(model.layers) == 1 and model.layers[0].num_directions == 1:
+        from threadpoolctl import threadpool_limits
+
         d = model.layers[0].directions[0]
         WR = np.concatenate([d.W, d.R], axis=1)
         v = rng.uniform(-1, 1, WR.shape[1]).astype(np.float32)
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):  # peers run on one thread; so does BLAS
+        with threadpool_limits(threads):
             blas = _interleaved({"blas": lambda: WR @ v}, rounds, per_round)["blas"]
-    return {"hidden": model.layers[0].hidden_size, "input": I, "layers": len(model.layers),
-            "weight_bytes": weight_bytes, "chunk": chunk, "step": step, "run": run, "blas_gemv": blas}
+    layer = model.layers[0]
+    return {"name": f"H={layer.hidden_size}", "hidden": layer.hidden_size, "input": model.input_size,
+            "layers": len(model.layers), "precision": precision, "threads": threads,
+            "weight_bytes": _weight_bytes(model, precision), "chunk": chunk,
+            "step": step, "run": run, "blas_gemv": blas}
 
 
+# ---- presentation ---------------------------------------------------------------------
 def report(results: list, info: dict) -> str:
     """A table a person reads in one screen."""
-    lines = [f"machine: {info['cpu']}, {info['cores']} cores, ISA {'+'.join(info['isa']) or '?'}",
-             f"python {info['python']}, numpy {info['numpy']}, numba {info['numba']}, "
-             f"onnxruntime {info['onnxruntime'] or 'not installed'}", ""]
-    hdr = f"{'H':>5} {'system':<12} {'step p50 µs':>12} {'p99 µs':>9} {'speed-up':>9} " \
-          f"{'chunk µs/frame':>15} {'speed-up':>9} {'GB/s':>6}"
+    versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "numba", "onnxruntime", "torch", "openvino")
+                         if info.get(k))
+    lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info['machine']}, ISA {'+'.join(info['isa']) or '?'}",
+             versions, ""]
+    hdr = (f"{'model':>8} {'system':<12} {'step p50 µs':>12} {'p99 µs':>9} {'lstm-engine':>12} "
+           f"{'chunk µs/frame':>15} {'lstm-engine':>12} {'GB/s':>6}")
     lines += [hdr, "-" * len(hdr)]
-    noisy = False
+    noisy = []
     for r in results:
-        eng_s, eng_r = r["step"]["lstm-engine"], r["run"]["lstm-engine"]
+        eng_s, eng_r = r["step"][ENGINE], r["run"][ENGINE]
         for name in r["step"]:
             s, c = r["step"][name], r["run"][name]
-            up_s = "" if name == "lstm-engine" else f"{s['median_us'] / eng_s['median_us']:.2f}x"
-            up_c = "" if name == "lstm-engine" else f"{c['median_us'] / eng_r['median_us']:.2f}x"
+            up_s = "" if name == ENGINE else _versus(s["median_us"], eng_s["median_us"])
+            up_c = "" if name == ENGINE else _versus(c["median_us"], eng_r["median_us"])
             gbs = r["weight_bytes"] / s["median_us"] / 1e3
-            lines.append(f"{r['hidden']:>5} {name:<12} {s['median_us']:>12.1f} {s['p99_us']:>9.1f} "
-                         f"{up_s:>9} {c['median_us']:>15.2f} {up_c:>9} {gbs:>6.1f}")
-            noisy |= s["iqr_us"] > NOISY * s["median_us"]
+            lines.append(f"{r['name']:>8} {name:<12} {s['median_us']:>12.1f} {s['p99_us']:>9.1f} {up_s:>12} "
+                         f"{c['median_us']:>15.2f} {up_c:>12} {gbs:>6.1f}")
+            noisy += [f"{r['name']} {name} {kind}" for kind, m in (("step", s), ("chunk", c))
+                      if m["iqr_us"] > NOISY * m["median_us"]]
         if r["blas_gemv"]:
             b = r["blas_gemv"]
-            lines.append(f"{r['hidden']:>5} {'numpy BLAS':<12} {b['median_us']:>12.1f} {b['p99_us']:>9.1f} "
-                         f"{'':>9} {'(bare [W R]·[x;h])':>15} {'':>9} {r['weight_bytes'] / b['median_us'] / 1e3:>6.1f}")
-    lines += ["", "speed-up = peer median / lstm-engine median (higher: lstm-engine faster); "
-              "GB/s = weight bytes read per step / step time"]
+            lines.append(f"{r['name']:>8} {'numpy BLAS':<12} {b['median_us']:>12.1f} {b['p99_us']:>9.1f} "
+                         f"{'':>12} {'bare [W R]·[x;h]':>15} {'':>12} {r['weight_bytes'] / b['median_us'] / 1e3:>6.1f}")
+    lines += ["", "lstm-engine column: how much faster (or slower) lstm-engine is than that peer, from medians",
+              "measured side by side in this run. GB/s: weight bytes read per step / step time; numpy BLAS",
+              "is the bare gate product on the same weights, the cost of reading them once."]
     if noisy:
-        lines.append("warning: spread above 25% of the median somewhere: the machine was busy, "
-                     "figures are less trustworthy")
+        lines.append(f"warning: interquartile spread above {NOISY:.0%} of the median for {', '.join(noisy[:4])}"
+                     f"{' ...' if len(noisy) > 4 else ''}: the machine was busy, those figures are less trustworthy")
     return "\n".join(lines)
+
+
+def _versus(peer_us, engine_us) -> str:
+    r = peer_us / engine_us
+    return f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
+
+
+def plot(results: list, path) -> None:
+    """Step latency vs hidden size per system, log scales (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ModelError("--plot needs matplotlib: pip install 'lstm-engine[plot]'") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(dict.fromkeys(n for r in results for n in r["step"]))
+    for name in names:
+        pts = [(r["hidden"], r["step"][name]["median_us"]) for r in results if name in r["step"]]
+        ax.plot(*zip(*pts), marker="o", label=name)
+    pts = [(r["hidden"], r["blas_gemv"]["median_us"]) for r in results if r["blas_gemv"]]
+    if pts:
+        ax.plot(*zip(*pts), linestyle="--", color="gray", label="numpy BLAS (bare product)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden size H (I = H)")
+    ax.set_ylabel("step latency, median µs")
+    ax.set_title("batch-1 LSTM step, 1 thread")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

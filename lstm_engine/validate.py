@@ -1,0 +1,127 @@
+"""`lstm-engine validate`: the engine on a converted ONNX model vs onnxruntime on the
+original file, offline and streamed frame by frame, with the same inputs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from . import reference
+from .engine import Engine
+from .errors import ModelError
+
+
+def _dims(vi):
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def random_inputs(proto, model, io, steps=100, batch=2, seed=0) -> dict:
+    """Inputs shaped from the graph: static dims as declared, time = steps, batch = batch."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in proto.graph.initializer}
+    feeds = {}
+    T = B = None
+    for vi in proto.graph.input:
+        if vi.name != io.x:
+            continue
+        dims = _dims(vi)
+        t_ax, b_ax = (1, 0) if io.layout == 1 else (0, 1)
+        T = dims[t_ax] or steps
+        B = (dims[b_ax] or batch) if io.batched else None
+        shape = [T, B] if io.layout == 0 else [B, T]
+        shape = [s for s in shape if s is not None]
+        if model.embedding is not None:
+            feeds[vi.name] = rng.integers(0, model.embedding.vocab_size, shape).astype(
+                np.int32 if vi.type.tensor_type.elem_type == onnx.TensorProto.INT32 else np.int64)
+        else:
+            feeds[vi.name] = rng.uniform(-1, 1, shape + [model.layers[0].input_size]).astype(np.float32)
+    sizes = model.state_sizes
+    for runs, k in ((io.h0, 0), (io.c0, 1)):
+        for name, first, n in runs:
+            size = sizes[first][k]
+            shape = {"S": n, "B": B or 1, "P": size}
+            feeds[name] = rng.uniform(-0.5, 0.5, [shape[a] for a in io.state_axes]).astype(np.float32)
+    if io.lengths:
+        feeds[io.lengths] = np.full(B or 1, T, np.int32)
+    missing = [vi.name for vi in proto.graph.input if vi.name not in feeds and vi.name not in inits]
+    if missing:
+        raise ModelError(f"cannot make inputs for graph input(s) {missing}; give them with --inputs FILE.npz")
+    return feeds
+
+
+def _reference_outputs(proto, feeds, model, io):
+    """onnxruntime on the original graph; if it refuses, the float64 NumPy reference."""
+    try:
+        import onnxruntime as ort
+
+        p = onnx.ModelProto()
+        p.CopyFrom(proto)
+        p.ir_version = min(p.ir_version, 10)  # onnxruntime reads IR <= 10 reliably
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        sess = ort.InferenceSession(p.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in proto.graph.output]
+        return dict(zip(names, sess.run(None, feeds))), f"onnxruntime {ort.__version__} on the original graph"
+    except Exception as e:  # not installed, or refuses the graph (layout=1, ...)
+        why = str(e).splitlines()[0][:160] if not isinstance(e, ImportError) else "not installed"
+        X, state, lengths = io.engine_args(feeds, model)
+        h0 = None if state is None else [np.asarray(a) for a in state[0]]
+        c0 = None if state is None else [np.asarray(a) for a in state[1]]
+        Y, st = reference.run(model, X, h0, c0, lengths)
+        return io.graph_outputs(Y, st, model), f"lstm-engine's float64 reference (onnxruntime: {why})"
+
+
+def _streamed(engine, model, X, state, batched):
+    """Frame by frame through one Stream per sequence; results shaped like Engine.run's."""
+    seqs = X if not batched else (X if model.layout == 1 else np.swapaxes(X, 0, 1))
+    seqs = [seqs] if not batched else list(seqs)
+    Ys, hs, cs = [], [], []
+    for b, seq in enumerate(seqs):
+        st = None
+        if state is not None:
+            st = tuple([a if not batched else a[b] for a in part] for part in state)
+        s = engine.open_stream(state=st)
+        Ys.append(np.stack([s.step(x) for x in seq]))
+        h, c = s.state
+        hs.append(h)
+        cs.append(c)
+    if not batched:
+        return Ys[0], (hs[0], cs[0])
+    Y = np.stack(Ys, axis=0 if model.layout == 1 else 1)
+    ncell = len(hs[0])
+    return Y, ([np.stack([h[k] for h in hs]) for k in range(ncell)], [np.stack([c[k] for c in cs]) for k in range(ncell)])
+
+
+def validate(src, inputs=None, steps=100, tol=1e-4, batch=2, seed=0) -> dict:
+    """Compare; returns a JSON-ready dict with per-output errors and an overall pass."""
+    from converters.onnx_import import _load, import_onnx
+
+    proto, _ = _load(src)
+    model, io = import_onnx(src)
+    feeds = dict(inputs) if inputs is not None else random_inputs(proto, model, io, steps, batch, seed)
+    ref, ref_name = _reference_outputs(proto, feeds, model, io)
+    engine = Engine(model)
+    X, state, lengths = io.engine_args(feeds, model)
+    runs = {"offline": engine.run(X, state, lengths)}
+    full = lengths is None or bool(np.all(np.asarray(lengths) == (X.shape[1] if model.layout == 1 else X.shape[0])))
+    if model.streamable and full:
+        runs["stream"] = _streamed(engine, model, X, state, io.batched)
+    rows = []
+    for mode, (Y, st) in runs.items():
+        got = io.graph_outputs(Y, st, model)
+        for name, want in ref.items():
+            if name not in got:
+                continue
+            a, b = np.asarray(got[name], np.float64), np.asarray(want, np.float64)
+            if a.shape != b.shape:
+                rows.append({"output": name, "mode": mode, "max_abs": None, "max_rel": None, "pass": False,
+                             "note": f"shape {a.shape} vs {b.shape}"})
+                continue
+            err = np.abs(a - b)
+            max_abs = float(err.max()) if err.size else 0.0
+            max_rel = float((err / np.maximum(np.abs(b), 1e-6)).max()) if err.size else 0.0
+            rows.append({"output": name, "mode": mode, "max_abs": max_abs, "max_rel": max_rel,
+                         "pass": bool(max_abs <= tol)})
+    shape = {k: list(np.shape(v)) for k, v in feeds.items()}
+    return {"model": str(src), "reference": ref_name, "tol": tol, "inputs": shape,
+            "streamed": "stream" in runs, "unchecked_outputs": [n for n in ref if not any(r["output"] == n for r in rows)],
+            "results": rows, "pass": bool(rows) and all(r["pass"] for r in rows)}

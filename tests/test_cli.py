@@ -1,0 +1,173 @@
+"""The command line through main(argv): output, exit codes, JSON, files written."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import lstm_engine as le
+from converters import to_onnx
+from helpers import make_model
+from lstm_engine.cli import main
+
+
+@pytest.fixture
+def onnx_file(rng, tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(to_onnx(make_model(rng, 5, (12, 8), head=4, head_act="Softmax"), with_state=True), p)
+    return p
+
+
+def test_validate_pass(onnx_file, tmp_path, capsys):
+    assert main(["validate", str(onnx_file), "--steps", "30", "--json", str(tmp_path / "v.json")]) == 0
+    out = capsys.readouterr().out
+    assert "reference: onnxruntime" in out and out.strip().endswith("PASS (tolerance 0.0001 on max abs error)")
+    res = json.loads((tmp_path / "v.json").read_text())
+    rows = {(r["output"], r["mode"]) for r in res["results"]}
+    assert rows == {(n, m) for n in ("Y", "hn_0", "cn_0", "hn_1", "cn_1") for m in ("offline", "stream")}
+    assert res["pass"] and all(r["max_abs"] <= 1e-4 for r in res["results"])
+    assert res["inputs"]["X"] == [30, 2, 5]
+
+
+def test_validate_fail_exit_1(onnx_file, capsys):
+    assert main(["validate", str(onnx_file), "--tol", "1e-12"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_validate_with_inputs_file(onnx_file, rng, tmp_path, capsys):
+    feeds = {"X": rng.uniform(-1, 1, (7, 1, 5)).astype(np.float32)}
+    for li, H in enumerate((12, 8)):
+        feeds[f"h0_{li}"] = np.zeros((1, 1, H), np.float32)
+        feeds[f"c0_{li}"] = np.zeros((1, 1, H), np.float32)
+    np.savez(tmp_path / "in.npz", **feeds)
+    assert main(["validate", str(onnx_file), "--inputs", str(tmp_path / "in.npz")]) == 0
+    assert "X (7, 1, 5)" in capsys.readouterr().out
+
+
+def test_validate_torch_export(tmp_path, capsys):
+    from torch_models import Net, export, torch
+
+    torch.manual_seed(0)
+    net = Net(layers=2, head=5, act="logsoftmax").eval()
+    onnx.save(export(net, net.example(), dynamo=False), tmp_path / "t.onnx")
+    assert main(["validate", str(tmp_path / "t.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 7  # y, hn, cn offline and streamed, and the verdict
+
+
+def test_validate_layout1_falls_back_to_reference(rng, tmp_path, capsys):
+    """onnxruntime refuses layout=1 LSTM nodes: the float64 reference stands in."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    W, R = rng.uniform(-0.5, 0.5, (1, 16, 3)).astype(np.float32), rng.uniform(-0.5, 0.5, (1, 16, 4)).astype(np.float32)
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y", "Y_h"], hidden_size=4, layout=1)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", "T", 3])],
+                          [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    m.ir_version = 9
+    onnx.save(m, tmp_path / "l1.onnx")
+    assert main(["validate", str(tmp_path / "l1.onnx")]) == 0
+    assert "float64 reference (onnxruntime:" in capsys.readouterr().out
+
+
+def test_convert_round_trips(rng, tmp_path, capsys):
+    model = make_model(rng, 5, (12,), direction="bidirectional", head=3)
+    onnx.save(to_onnx(model), tmp_path / "a.onnx")
+    assert main(["convert", str(tmp_path / "a.onnx"), str(tmp_path / "a.lstm")]) == 0
+    assert main(["convert", str(tmp_path / "a.lstm"), str(tmp_path / "b.onnx")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    X = rng.uniform(-1, 1, (9, 2, 5)).astype(np.float32)
+    outs = [le.Engine(le.load(tmp_path / n)).run(X)[0] for n in ("a.onnx", "a.lstm", "b.onnx")]
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_convert_torch_checkpoint_with_options(tmp_path):
+    torch = pytest.importorskip("torch")
+    from torch_models import Net
+
+    torch.save(Net(layers=2, vocab=30, head=30).state_dict(), tmp_path / "t.pt")
+    assert main(["convert", str(tmp_path / "t.pt"), str(tmp_path / "t.lstm"), "--prefix", "lstm", "--embedding",
+                 "emb", "--head", "head", "--head-activation", "Softmax"]) == 0
+    m = le.load(tmp_path / "t.lstm")
+    assert m.embedding.vocab_size == 30 and m.head.activation == "Softmax"
+
+
+def test_info(rng, tmp_path, capsys):
+    model = make_model(rng, 5, (12, 6), direction=["bidirectional", "forward"], proj=[4, None], peep=True,
+                       clip=[2.0, None], vocab=40, head=40, head_act="LogSoftmax")
+    model.save(tmp_path / "m.lstm")
+    assert main(["info", str(tmp_path / "m.lstm")]) == 0
+    out = capsys.readouterr().out
+    n = model.num_parameters()
+    assert f"parameters: {n:,}" in out and "embedding: 40 tokens x 5" in out
+    assert "head: 6 -> 40 + bias, activation LogSoftmax" in out
+    assert "bidirectional" in out and "streaming: no (layers [0] run in reverse" in out
+    lines = out.splitlines()
+    row0 = next(l for l in lines if l.strip().startswith("0 bidirectional"))
+    assert row0.split()[2:5] == ["5", "12", "4"] and "2.0" in row0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "missing.onnx"], "missing.onnx: no such file"),
+    (["validate", "missing.onnx"], "no such file"),
+    (["bench", "--against", "foo"], "unknown peer(s) ['foo']"),
+    (["bench", "--threads", "3", "--hidden", "8", "--steps", "3", "--against", ""], "threads=3"),
+    (["frobnicate"], "invalid choice"),
+    (["bench", "--hidden", "x"], "invalid int value"),
+])
+def test_errors_are_one_line_exit_2(argv, message, capsys):
+    err = capsys.readouterr().err  # drop anything earlier
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("lstm-engine: error:")
+    assert not any(line.startswith("Traceback") for line in err)
+
+
+def run(argv) -> int:
+    """main(argv)'s exit code, also when argparse exits by itself."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_damaged_model_exit_2_and_debug_traceback(tmp_path, capsys):
+    p = tmp_path / "g.onnx"
+    p.write_bytes(b"not a model")
+    assert main(["validate", str(p)]) == 2
+    assert "not a readable ONNX model" in capsys.readouterr().err
+    with pytest.raises(le.ModelError):
+        main(["--debug", "validate", str(p)])
+
+
+def test_bench_structure(tmp_path, capsys):
+    argv = ["bench", "--hidden", "8", "16", "--steps", "40", "--chunk", "5", "--against", "ort,torch,openvino",
+            "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert set(data) == {"machine_info", "benchmarks", "datetime", "version"}
+    assert {"cpu", "cores", "isa", "python", "numba", "onnxruntime"} <= set(data["machine_info"])
+    assert [b["hidden"] for b in data["benchmarks"]] == [8, 16]
+    for b in data["benchmarks"]:
+        assert "lstm-engine" in b["step"] and "onnxruntime" in b["step"] and b["chunk"] == 5
+        for stats in list(b["step"].values()) + list(b["run"].values()):
+            assert stats["median_us"] > 0 and stats["p99_us"] >= stats["median_us"]
+    for name in ("lstm-engine", "onnxruntime", "numpy BLAS"):
+        assert name in cap.out
+    assert "benchmarking H=8" in cap.err
+    try:
+        import openvino  # noqa: F401
+        assert "openvino" in cap.out
+    except ImportError:
+        assert "openvino: not installed, skipped" in cap.err
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_a_model_file(rng, tmp_path, capsys):
+    make_model(rng, 6, (8,), vocab=20, head=20, head_act="Softmax").save(tmp_path / "m.lstm")
+    assert main(["bench", "--model", str(tmp_path / "m.lstm"), "--steps", "20", "--chunk", "4",
+                 "--against", "ort,torch"]) == 0
+    out = capsys.readouterr().out
+    assert "model lstm-engine" in " ".join(out.split()) and "onnxruntime" in out
