@@ -64,11 +64,12 @@ class _Buffer:
         return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
 
 
-def pack(model) -> Packed:
-    """Pack a validated Model for the fp32 kernels."""
+def pack(model, threads: int = 1) -> Packed:
+    """Pack a validated Model for the fp32 kernels; `threads` split each cell's blocks."""
     buf = _Buffer()
     cells = list(model.cells())
     meta = np.zeros((1 + len(cells), max(L.HD_FIELDS, L.C_FIELDS)), np.int64)
+    meta[0, L.HD_THREADS] = threads
     pmax = max(layer.proj_size for _, _, layer, _ in cells)
     hmax = max(layer.hidden_size for _, _, layer, _ in cells)
     kmax = 0
@@ -105,7 +106,7 @@ def pack(model) -> Packed:
     hd[L.HD_PMAX], hd[L.HD_HMAX], hd[L.HD_KMAX] = pmax, hmax, kmax
     hd[L.HD_ST_V] = len(cells) * (pmax + hmax)
     hd[L.HD_ST_G] = hd[L.HD_ST_V] + kmax
-    hd[L.HD_ST_M] = hd[L.HD_ST_G] + 4 * L.BLOCK
+    hd[L.HD_ST_M] = hd[L.HD_ST_G] + threads * 4 * L.BLOCK
     hd[L.HD_ST_Y] = hd[L.HD_ST_M] + hmax
     hd[L.HD_ST_LEN] = hd[L.HD_ST_Y] + model.output_size
     return Packed(buf.array(), meta, len(cells), pmax, hmax)

@@ -19,3 +19,8 @@ FLAGS = dict(
 def kernel(fn):
     """Compile `fn` with the project's flags."""
     return numba.njit(**FLAGS)(fn)
+
+
+def parallel_kernel(fn):
+    """Compile `fn` with the project's flags and numba's prange threading."""
+    return numba.njit(parallel=True, **FLAGS)(fn)

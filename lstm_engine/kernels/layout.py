@@ -26,11 +26,12 @@ HD_PMAX = 9  # row stride of h in state arrays
 HD_HMAX = 10  # row stride of c in state arrays
 HD_KMAX = 11  # largest I + P of any cell
 HD_ST_V = 12  # streaming buffer: offset of v, the [x; h] vector (KMAX)
-HD_ST_G = 13  # offset of g, one block's gate values (4*BLOCK)
+HD_ST_G = 13  # offset of g, one block's gate values per thread (THREADS * 4*BLOCK)
 HD_ST_M = 14  # offset of m, o * h(c) before projection (HMAX)
 HD_ST_Y = 15  # offset of y, the output (OUT)
 HD_ST_LEN = 16  # total length of a streaming buffer
-HD_FIELDS = 17
+HD_THREADS = 17  # threads that split a cell's blocks (1: no parallel region)
+HD_FIELDS = 18
 
 # cell rows
 C_LAYER = 0

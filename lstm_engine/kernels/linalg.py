@@ -5,38 +5,51 @@ LLVM turns each chain into a vector accumulator (fastmath allows the reassociati
 """
 import numpy as np
 
-from .config import kernel
+from numba import prange
+
+from .config import kernel, parallel_kernel
 
 
 @kernel
 def _matvec(w, r0, n, k0, vec, out):
     """out[j] = w[r0 + j, k0:k0 + K] . vec for j < n.   w (R, >= k0 + K) C-order, vec (K,).
 
-    Columns are addressed by offset, not by a w[:, k0:] view, whose rows numba could
-    not prove contiguous (and would not vectorise).
+    Eight rows at a time: each vector load feeds eight FMA chains, and eight row
+    streams keep the prefetchers busy when w comes from L3 or memory. Columns are
+    addressed by offset, not by a w[:, k0:] view, whose rows numba could not prove
+    contiguous (and would not vectorise).
     """
     K = vec.shape[0]
     j = 0
-    while j + 4 <= n:
+    while j + 8 <= n:
         w0 = w[r0 + j, k0:k0 + K]
         w1 = w[r0 + j + 1, k0:k0 + K]
         w2 = w[r0 + j + 2, k0:k0 + K]
         w3 = w[r0 + j + 3, k0:k0 + K]
-        s0 = np.float32(0.0)
-        s1 = np.float32(0.0)
-        s2 = np.float32(0.0)
-        s3 = np.float32(0.0)
+        w4 = w[r0 + j + 4, k0:k0 + K]
+        w5 = w[r0 + j + 5, k0:k0 + K]
+        w6 = w[r0 + j + 6, k0:k0 + K]
+        w7 = w[r0 + j + 7, k0:k0 + K]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
         for k in range(K):
             vk = vec[k]
             s0 += w0[k] * vk
             s1 += w1[k] * vk
             s2 += w2[k] * vk
             s3 += w3[k] * vk
+            s4 += w4[k] * vk
+            s5 += w5[k] * vk
+            s6 += w6[k] * vk
+            s7 += w7[k] * vk
         out[j] = s0
         out[j + 1] = s1
         out[j + 2] = s2
         out[j + 3] = s3
-        j += 4
+        out[j + 4] = s4
+        out[j + 5] = s5
+        out[j + 6] = s6
+        out[j + 7] = s7
+        j += 8
     while j < n:
         wj = w[r0 + j, k0:k0 + K]
         s = np.float32(0.0)
@@ -47,18 +60,18 @@ def _matvec(w, r0, n, k0, vec, out):
 
 
 @kernel
-def _gemm_nt(a, w, bias, out):
-    """out[t, r] = bias[r] + a[t] . w[r, :K]   a (T, K), w (R, >= K) C-order, out (T, R).
+def _gemm_nt(a, w, bias, out, r_begin, r_end):
+    """out[t, r] = bias[r] + a[t] . w[r, :K] for rows r_begin <= r < r_end.
+    a (T, K), w (R, >= K) C-order, bias (R,), out (T, R).
 
     A group of 4 weight rows stays in L1 while two frames at a time stream past it,
     so every weight load feeds two FMAs and every frame load four.
     """
     T = a.shape[0]
-    R = w.shape[0]
     K = a.shape[1]
-    r = 0
-    while r < R:
-        nr = min(4, R - r)
+    r = r_begin
+    while r < r_end:
+        nr = min(4, r_end - r)
         if nr == 4:
             w0 = w[r, :K]
             w1 = w[r + 1, :K]
@@ -106,3 +119,12 @@ def _gemm_nt(a, w, bias, out):
                 for j in range(nr):
                     out[t, r + j] += bias[r + j]
         r += nr
+
+
+@parallel_kernel
+def _gemm_nt_par(a, w, bias, out, nthreads):
+    """_gemm_nt over all rows, split in nthreads runs of whole 4-row groups."""
+    groups = (w.shape[0] + 3) // 4
+    for t in prange(nthreads):
+        _gemm_nt(a, w, bias, out, min(4 * (t * groups // nthreads), w.shape[0]),
+                 min(4 * ((t + 1) * groups // nthreads), w.shape[0]))

@@ -7,14 +7,16 @@ see layout.py.
 """
 import numpy as np
 
-from .config import kernel
+from numba import prange
+
+from .config import kernel, parallel_kernel
 from .layout import (
     C_ACTF, C_ACTG, C_ACTH, C_B, C_CLIP, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
     C_PEEP, C_PRM, C_PROJ, C_REV, C_WR,
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
-    HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_V, HD_ST_Y,
+    HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_V, HD_ST_Y, HD_THREADS,
 )
-from .linalg import _gemm_nt, _matvec
+from .linalg import _gemm_nt, _gemm_nt_par, _matvec
 from .pointwise import _act_inplace, _clip_inplace, _head_act_inplace
 
 OK = 0
@@ -30,68 +32,90 @@ def _wr(ws, cm):
 
 
 @kernel
-def _cell(w, k0, vec, pre, ws, cm, block, c, hout, g, m):
-    """One time step of one cell.
+def _cell_block(w, k0, vec, pre, ws, cm, u0, n, c, m, g):
+    """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
     w    (4H, I + P)  packed [W | R] rows (see layout.py); columns k0: meet vec
     vec  (I + P - k0,)  [x; h_prev] (k0 = 0), or h_prev when W.x is already in pre (k0 = I)
     pre  (4H,)    packed bias, or packed bias + W.x of this frame
-    c    (H,)     cell state, updated in place
-    hout (P,)     receives the new h; must not alias vec
-    g    (4*block,), m (H,)   scratch
+    c    (H,)     cell state: units u0.. updated in place
+    m    (H,)     receives o * h(c) of units u0..
+    g    (>= 4n,) scratch for this block's gate values
     """
     H = cm[C_H]
-    P = cm[C_P]
     prm = ws[cm[C_PRM]:cm[C_PRM] + 7]
     af, bf, ag, bg, ah, bh, bound = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6]
     code_f, code_g, code_h = cm[C_ACTF], cm[C_ACTG], cm[C_ACTH]
     peep = cm[C_PEEP]
     clip = cm[C_CLIP] == 1
-    iforget = cm[C_IFORGET] == 1
-    for u0 in range(0, H, block):
-        w_ = min(block, H - u0)
-        r0 = 4 * u0
-        gb = g[:4 * w_]
-        _matvec(w, r0, 4 * w_, k0, vec, gb)
-        for j in range(4 * w_):
-            gb[j] += pre[r0 + j]
-        gi = gb[0:w_]
-        go = gb[w_:2 * w_]
-        gf = gb[2 * w_:3 * w_]
-        gc = gb[3 * w_:4 * w_]
-        cb = c[u0:u0 + w_]
-        if peep >= 0:
-            pi = ws[peep + u0:peep + u0 + w_]
-            pf = ws[peep + 2 * H + u0:peep + 2 * H + u0 + w_]
-            for j in range(w_):
-                gi[j] += pi[j] * cb[j]
-                gf[j] += pf[j] * cb[j]
-        if clip:
-            _clip_inplace(gi, bound)
-            _clip_inplace(gf, bound)
-            _clip_inplace(gc, bound)
-        _act_inplace(code_f, af, bf, gi)
-        if iforget:
-            for j in range(w_):
-                gf[j] = np.float32(1.0) - gi[j]
-        else:
-            _act_inplace(code_f, af, bf, gf)
-        _act_inplace(code_g, ag, bg, gc)
-        for j in range(w_):
-            cb[j] = gf[j] * cb[j] + gi[j] * gc[j]
-        if peep >= 0:
-            po = ws[peep + H + u0:peep + H + u0 + w_]
-            for j in range(w_):
-                go[j] += po[j] * cb[j]
-        if clip:
-            _clip_inplace(go, bound)
-        _act_inplace(code_f, af, bf, go)
-        mb = m[u0:u0 + w_]
-        for j in range(w_):
-            mb[j] = cb[j]
-        _act_inplace(code_h, ah, bh, mb)
-        for j in range(w_):
-            mb[j] *= go[j]
+    r0 = 4 * u0
+    gb = g[:4 * n]
+    _matvec(w, r0, 4 * n, k0, vec, gb)
+    for j in range(4 * n):
+        gb[j] += pre[r0 + j]
+    gi = gb[0:n]
+    go = gb[n:2 * n]
+    gf = gb[2 * n:3 * n]
+    gc = gb[3 * n:4 * n]
+    cb = c[u0:u0 + n]
+    if peep >= 0:
+        pi = ws[peep + u0:peep + u0 + n]
+        pf = ws[peep + 2 * H + u0:peep + 2 * H + u0 + n]
+        for j in range(n):
+            gi[j] += pi[j] * cb[j]
+            gf[j] += pf[j] * cb[j]
+    if clip:
+        _clip_inplace(gi, bound)
+        _clip_inplace(gf, bound)
+        _clip_inplace(gc, bound)
+    _act_inplace(code_f, af, bf, gi)
+    if cm[C_IFORGET] == 1:
+        for j in range(n):
+            gf[j] = np.float32(1.0) - gi[j]
+    else:
+        _act_inplace(code_f, af, bf, gf)
+    _act_inplace(code_g, ag, bg, gc)
+    for j in range(n):
+        cb[j] = gf[j] * cb[j] + gi[j] * gc[j]
+    if peep >= 0:
+        po = ws[peep + H + u0:peep + H + u0 + n]
+        for j in range(n):
+            go[j] += po[j] * cb[j]
+    if clip:
+        _clip_inplace(go, bound)
+    _act_inplace(code_f, af, bf, go)
+    mb = m[u0:u0 + n]
+    for j in range(n):
+        mb[j] = cb[j]
+    _act_inplace(code_h, ah, bh, mb)
+    for j in range(n):
+        mb[j] *= go[j]
+
+
+@parallel_kernel
+def _cell_blocks_par(w, k0, vec, pre, ws, cm, block, nthreads, c, m, g):
+    """Every block of a cell, the blocks split in nthreads runs; g holds 4*block per thread."""
+    H = cm[C_H]
+    nblk = (H + block - 1) // block
+    for t in prange(nthreads):
+        gt = g[t * 4 * block:(t + 1) * 4 * block]
+        for b in range(t * nblk // nthreads, (t + 1) * nblk // nthreads):
+            _cell_block(w, k0, vec, pre, ws, cm, b * block, min(block, H - b * block), c, m, gt)
+
+
+@kernel
+def _cell(w, k0, vec, pre, ws, cm, hd, c, hout, g, m):
+    """One time step of one cell (arguments: _cell_block); hout (P,) receives the new h
+    and must not alias vec. Blocks run on hd[HD_THREADS] threads when that is > 1."""
+    H = cm[C_H]
+    P = cm[C_P]
+    block = hd[HD_BLOCK]
+    nthreads = hd[HD_THREADS]
+    if nthreads > 1 and H > block:
+        _cell_blocks_par(w, k0, vec, pre, ws, cm, block, nthreads, c, m, g)
+    else:
+        for u0 in range(0, H, block):
+            _cell_block(w, k0, vec, pre, ws, cm, u0, min(block, H - u0), c, m, g)
     if cm[C_PROJ] >= 0:
         proj = ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H)
         _matvec(proj, 0, P, 0, m[:H], hout)
@@ -131,7 +155,6 @@ def _step(x, ws, meta, st):
     ncell = hd[HD_NCELL]
     pmax = hd[HD_PMAX]
     hmax = hd[HD_HMAX]
-    block = hd[HD_BLOCK]
     v = st[hd[HD_ST_V]:hd[HD_ST_G]]
     g = st[hd[HD_ST_G]:hd[HD_ST_M]]
     m = st[hd[HD_ST_M]:hd[HD_ST_Y]]
@@ -150,7 +173,7 @@ def _step(x, ws, meta, st):
         for k in range(P):
             v[I + k] = h[k]
         b = ws[cm[C_B]:cm[C_B] + 4 * cm[C_H]]
-        _cell(_wr(ws, cm), 0, v[:I + P], b, ws, cm, block, c, h, g, m)
+        _cell(_wr(ws, cm), 0, v[:I + P], b, ws, cm, hd, c, h, g, m)
     top = st[(ncell - 1) * pmax:(ncell - 1) * pmax + hd[HD_TOP]]
     _head(ws, hd, top, st[hd[HD_ST_Y]:hd[HD_ST_Y] + hd[HD_OUT]])
     return OK
@@ -176,8 +199,8 @@ def _run(x, lengths, ws, meta, h, c, y):
                     return NONFINITE
     hd = meta[0]
     ncell = hd[HD_NCELL]
-    block = hd[HD_BLOCK]
-    g = np.empty(4 * block, np.float32)
+    nthreads = hd[HD_THREADS]
+    g = np.empty(nthreads * 4 * hd[HD_BLOCK], np.float32)
     m = np.empty(hd[HD_HMAX], np.float32)
     hp = np.empty(hd[HD_PMAX], np.float32)
     for b in range(B):
@@ -199,7 +222,11 @@ def _run(x, lengths, ws, meta, h, c, y):
                 col = cm[C_COL]
                 w = _wr(ws, cm)
                 pre = np.empty((n, 4 * H), np.float32)
-                _gemm_nt(cur[:n], w, ws[cm[C_B]:cm[C_B] + 4 * H], pre)
+                bias = ws[cm[C_B]:cm[C_B] + 4 * H]
+                if nthreads > 1:
+                    _gemm_nt_par(cur[:n], w, bias, pre, nthreads)
+                else:
+                    _gemm_nt(cur[:n], w, bias, pre, 0, 4 * H)
                 hs = hp[:P]
                 for j in range(P):
                     hs[j] = h[b, cell, j]
@@ -210,7 +237,7 @@ def _run(x, lengths, ws, meta, h, c, y):
                 for s in range(n):
                     t = n - 1 - s if cm[C_REV] == 1 else s
                     ht = out[t, col:col + P]
-                    _cell(w, I, hs, pre[t], ws, cm, block, cs, ht, g, m)
+                    _cell(w, I, hs, pre[t], ws, cm, hd, cs, ht, g, m)
                     for j in range(P):
                         hs[j] = ht[j]
                 for j in range(P):
