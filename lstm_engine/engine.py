@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import ModelError
 from .kernels.layout import HD_IN, HD_ST_Y
-from .kernels.lstm import NONFINITE, _run, _step
+from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step
 from .model import Model
 from .packing import pack
 
@@ -72,6 +72,9 @@ class Engine:
         frame = np.zeros(p.meta[0, HD_IN], np.float32)
         if self.model.streamable:
             _step(frame, p.ws, p.meta, np.zeros(p.stream_len, np.float32))
+            # Stream.step hands frames to _step unchecked: only float32 C-contiguous
+            # writable 1-D arrays may pass; anything else raises TypeError and is converted.
+            _step.disable_compile()
         h = np.zeros((1, p.ncell, p.pmax), np.float32)
         c = np.zeros((1, p.ncell, p.hmax), np.float32)
         y = np.zeros((1, 1, self.model.output_size), np.float32)
@@ -238,10 +241,16 @@ class Stream:
 
     def step(self, x) -> np.ndarray:
         """One frame (I,) -- or one token id -- in, the output (O,) out."""
-        if x.__class__ is not np.ndarray or x.dtype is not _F32 or x.shape != self._xshape \
-                or not x.flags.c_contiguous:
-            x = self._frame(x)
-        if _step(x, self._ws, self._meta, self._st) == NONFINITE:
+        if self._emb is not None:
+            r = _step(self._frame(x), self._ws, self._meta, self._st)
+        else:
+            try:  # the common case costs no Python check: see Engine._warm
+                r = _step(x, self._ws, self._meta, self._st)
+            except TypeError:
+                r = _step(self._frame(x), self._ws, self._meta, self._st)
+        if r:
+            if r == BADSHAPE:
+                self._frame(x)  # raises the ValueError naming expected and actual shapes
             raise _nonfinite("x")
         return self._y.copy()
 
@@ -275,7 +284,7 @@ class Stream:
         a = _numeric("x", x)
         if a.shape != self._xshape:
             raise ValueError(f"x: expected shape {self._xshape}, got {a.shape}")
-        return np.ascontiguousarray(a, np.float32)
+        return np.array(a, np.float32, order="C")  # a fresh, writable copy
 
     @property
     def state(self):

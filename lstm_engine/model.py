@@ -40,6 +40,8 @@ def _f32(name, a, ndim):
         arr = np.ascontiguousarray(a, dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise ModelError(f"{name}: not a numeric array ({e})") from None
+    if not arr.flags.writeable:  # e.g. viewing a file's buffer; the kernels take writable arrays
+        arr = arr.copy()
     if arr.ndim != ndim:
         raise ModelError(f"{name}: expected {ndim}-D, got shape {arr.shape}")
     if not np.isfinite(arr).all():

@@ -148,7 +148,10 @@ def test_inputs_are_converted_once(model, rng):
     ya = a.step(x)
     yb = b.step(list(x))
     yc = c.step(np.repeat(x.astype(np.float32), 2)[::2])  # non-contiguous view
-    assert np.array_equal(ya, yb) and np.array_equal(ya, yc)
+    ro = x.astype(np.float32)
+    ro.flags.writeable = False
+    yd = eng.open_stream().step(ro)
+    assert np.array_equal(ya, yb) and np.array_equal(ya, yc) and np.array_equal(ya, yd)
 
 
 def test_token_model_streams(rng):

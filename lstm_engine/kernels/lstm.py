@@ -13,7 +13,7 @@ from .config import kernel, parallel_kernel
 from .layout import (
     C_ACTF, C_ACTG, C_ACTH, C_B, C_CLIP, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
     C_PEEP, C_PRM, C_PROJ, C_REV, C_WR,
-    HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
+    HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
     HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_V, HD_ST_Y, HD_THREADS,
 )
 from .linalg import _gemm_nt, _gemm_nt_par, _matvec
@@ -21,6 +21,7 @@ from .pointwise import _act_inplace, _clip_inplace, _head_act_inplace
 
 OK = 0
 NONFINITE = 1  # an input frame holds NaN or inf; nothing was changed
+BADSHAPE = 2  # a streaming frame is not as wide as the model's input; nothing was changed
 
 
 @kernel
@@ -146,12 +147,15 @@ def _step(x, ws, meta, st):
     """One frame through every layer and the head of a forward-only model.
 
     x (I0,) input frame; st: a streaming buffer (state, then scratch; layout.py),
-    whose y region receives the output. Returns OK, or NONFINITE with st untouched.
+    whose y region receives the output. Returns OK, or NONFINITE / BADSHAPE with st
+    untouched (the width is checked here so the engine's fast path needs no Python check).
     """
+    hd = meta[0]
+    if x.shape[0] != hd[HD_IN]:
+        return BADSHAPE
     for k in range(x.shape[0]):
         if not np.isfinite(x[k]):
             return NONFINITE
-    hd = meta[0]
     ncell = hd[HD_NCELL]
     pmax = hd[HD_PMAX]
     hmax = hd[HD_HMAX]
