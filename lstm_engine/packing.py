@@ -72,15 +72,14 @@ def pack(model, threads: int = 1) -> Packed:
     meta[0, L.HD_THREADS] = threads
     pmax = max(layer.proj_size for _, _, layer, _ in cells)
     hmax = max(layer.hidden_size for _, _, layer, _ in cells)
-    kmax = 0
     for k, (li, rev, layer, d) in enumerate(cells):
         H, I, P = layer.hidden_size, layer.input_size, layer.proj_size
-        kmax = max(kmax, I + P)
         perm = gate_row_order(H)
         cm = meta[1 + k]
         cm[L.C_LAYER], cm[L.C_REV] = li, int(rev)
         cm[L.C_I], cm[L.C_H], cm[L.C_P] = I, H, P
-        cm[L.C_WR] = buf.add(np.concatenate([d.W, d.R], axis=1)[perm])
+        cm[L.C_W] = buf.add(d.W[perm])
+        cm[L.C_R] = buf.add(d.R[perm])
         cm[L.C_B] = buf.add(d.b[perm])
         cm[L.C_PEEP] = -1 if d.peepholes is None else buf.add(d.peepholes)
         cm[L.C_PROJ] = -1 if d.proj is None else buf.add(d.proj)
@@ -103,9 +102,8 @@ def pack(model, threads: int = 1) -> Packed:
         if model.head.bias is not None:
             hd[L.HD_HEAD_B] = buf.add(model.head.bias)
         hd[L.HD_HEAD_ACT] = _HEAD_CODES[model.head.activation]
-    hd[L.HD_PMAX], hd[L.HD_HMAX], hd[L.HD_KMAX] = pmax, hmax, kmax
-    hd[L.HD_ST_V] = len(cells) * (pmax + hmax)
-    hd[L.HD_ST_G] = hd[L.HD_ST_V] + kmax
+    hd[L.HD_PMAX], hd[L.HD_HMAX] = pmax, hmax
+    hd[L.HD_ST_G] = len(cells) * (pmax + hmax)
     hd[L.HD_ST_M] = hd[L.HD_ST_G] + threads * 4 * L.BLOCK
     hd[L.HD_ST_Y] = hd[L.HD_ST_M] + hmax
     hd[L.HD_ST_LEN] = hd[L.HD_ST_Y] + model.output_size

@@ -11,36 +11,42 @@ from .config import kernel, parallel_kernel
 
 
 @kernel
-def _matvec(w, r0, n, k0, vec, out):
-    """out[j] = w[r0 + j, k0:k0 + K] . vec for j < n.   w (R, >= k0 + K) C-order, vec (K,).
+def _matvec2(wa, va, wb, vb, r0, n, out):
+    """out[j] = wa[r0 + j] . va + wb[r0 + j] . vb for j < n.
+    wa (R, A), wb (R, B) C-order; va (A,), vb (B,); either vector may be empty.
 
     Eight rows at a time: each vector load feeds eight FMA chains, and eight row
-    streams keep the prefetchers busy when w comes from L3 or memory. Columns are
-    addressed by offset, not by a w[:, k0:] view, whose rows numba could not prove
-    contiguous (and would not vectorise).
+    streams keep the prefetchers busy when the weights come from L3 or memory. Both
+    products go into the same accumulators, so each row needs one horizontal sum.
     """
-    K = vec.shape[0]
+    A = va.shape[0]
+    B = vb.shape[0]
     j = 0
     while j + 8 <= n:
-        w0 = w[r0 + j, k0:k0 + K]
-        w1 = w[r0 + j + 1, k0:k0 + K]
-        w2 = w[r0 + j + 2, k0:k0 + K]
-        w3 = w[r0 + j + 3, k0:k0 + K]
-        w4 = w[r0 + j + 4, k0:k0 + K]
-        w5 = w[r0 + j + 5, k0:k0 + K]
-        w6 = w[r0 + j + 6, k0:k0 + K]
-        w7 = w[r0 + j + 7, k0:k0 + K]
+        r = r0 + j
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-        for k in range(K):
-            vk = vec[k]
-            s0 += w0[k] * vk
-            s1 += w1[k] * vk
-            s2 += w2[k] * vk
-            s3 += w3[k] * vk
-            s4 += w4[k] * vk
-            s5 += w5[k] * vk
-            s6 += w6[k] * vk
-            s7 += w7[k] * vk
+        a0, a1, a2, a3, a4, a5, a6, a7 = wa[r], wa[r + 1], wa[r + 2], wa[r + 3], wa[r + 4], wa[r + 5], wa[r + 6], wa[r + 7]
+        for k in range(A):
+            x = va[k]
+            s0 += a0[k] * x
+            s1 += a1[k] * x
+            s2 += a2[k] * x
+            s3 += a3[k] * x
+            s4 += a4[k] * x
+            s5 += a5[k] * x
+            s6 += a6[k] * x
+            s7 += a7[k] * x
+        b0, b1, b2, b3, b4, b5, b6, b7 = wb[r], wb[r + 1], wb[r + 2], wb[r + 3], wb[r + 4], wb[r + 5], wb[r + 6], wb[r + 7]
+        for k in range(B):
+            x = vb[k]
+            s0 += b0[k] * x
+            s1 += b1[k] * x
+            s2 += b2[k] * x
+            s3 += b3[k] * x
+            s4 += b4[k] * x
+            s5 += b5[k] * x
+            s6 += b6[k] * x
+            s7 += b7[k] * x
         out[j] = s0
         out[j + 1] = s1
         out[j + 2] = s2
@@ -51,18 +57,26 @@ def _matvec(w, r0, n, k0, vec, out):
         out[j + 7] = s7
         j += 8
     while j < n:
-        wj = w[r0 + j, k0:k0 + K]
+        a, b = wa[r0 + j], wb[r0 + j]
         s = np.float32(0.0)
-        for k in range(K):
-            s += wj[k] * vec[k]
+        for k in range(A):
+            s += a[k] * va[k]
+        for k in range(B):
+            s += b[k] * vb[k]
         out[j] = s
         j += 1
 
 
 @kernel
+def _matvec(w, r0, n, vec, out):
+    """out[j] = w[r0 + j] . vec for j < n.   w (R, K) C-order, vec (K,)."""
+    _matvec2(w, vec, w, vec[:0], r0, n, out)
+
+
+@kernel
 def _gemm_nt(a, w, bias, out, r_begin, r_end):
-    """out[t, r] = bias[r] + a[t] . w[r, :K] for rows r_begin <= r < r_end.
-    a (T, K), w (R, >= K) C-order, bias (R,), out (T, R).
+    """out[t, r] = bias[r] + a[t] . w[r] for rows r_begin <= r < r_end.
+    a (T, K), w (R, K) C-order, bias (R,), out (T, R).
 
     A group of 4 weight rows stays in L1 while two frames at a time stream past it,
     so every weight load feeds two FMAs and every frame load four.
@@ -73,10 +87,10 @@ def _gemm_nt(a, w, bias, out, r_begin, r_end):
     while r < r_end:
         nr = min(4, r_end - r)
         if nr == 4:
-            w0 = w[r, :K]
-            w1 = w[r + 1, :K]
-            w2 = w[r + 2, :K]
-            w3 = w[r + 3, :K]
+            w0 = w[r]
+            w1 = w[r + 1]
+            w2 = w[r + 2]
+            w3 = w[r + 3]
             t = 0
             while t + 2 <= T:
                 x0 = a[t]
@@ -110,12 +124,12 @@ def _gemm_nt(a, w, bias, out, r_begin, r_end):
                 out[t + 1, r + 3] = s13 + bias[r + 3]
                 t += 2
             if t < T:
-                _matvec(w, r, 4, 0, a[t], out[t, r:r + 4])
+                _matvec(w, r, 4, a[t], out[t, r:r + 4])
                 for j in range(4):
                     out[t, r + j] += bias[r + j]
         else:
             for t in range(T):
-                _matvec(w, r, nr, 0, a[t], out[t, r:r + nr])
+                _matvec(w, r, nr, a[t], out[t, r:r + nr])
                 for j in range(nr):
                     out[t, r + j] += bias[r + j]
         r += nr

@@ -12,11 +12,11 @@ from numba import prange
 from .config import kernel, parallel_kernel
 from .layout import (
     C_ACTF, C_ACTG, C_ACTH, C_B, C_CLIP, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
-    C_PEEP, C_PRM, C_PROJ, C_REV, C_WR,
+    C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_W,
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
-    HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_V, HD_ST_Y, HD_THREADS,
+    HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
-from .linalg import _gemm_nt, _gemm_nt_par, _matvec
+from .linalg import _gemm_nt, _gemm_nt_par, _matvec, _matvec2
 from .pointwise import _act_inplace, _clip_inplace, _head_act_inplace
 
 OK = 0
@@ -25,19 +25,24 @@ BADSHAPE = 2  # a streaming frame is not as wide as the model's input; nothing w
 
 
 @kernel
-def _wr(ws, cm):
-    """The packed [W | R] rows of a cell as a (4H, I + P) view."""
-    H = cm[C_H]
-    K = cm[C_I] + cm[C_P]
-    return ws[cm[C_WR]:cm[C_WR] + 4 * H * K].reshape(4 * H, K)
+def _w(ws, cm):
+    """The packed W rows of a cell as a (4H, I) view."""
+    return ws[cm[C_W]:cm[C_W] + 4 * cm[C_H] * cm[C_I]].reshape(4 * cm[C_H], cm[C_I])
 
 
 @kernel
-def _cell_block(w, k0, vec, pre, ws, cm, u0, n, c, m, g):
+def _r(ws, cm):
+    """The packed R rows of a cell as a (4H, P) view."""
+    return ws[cm[C_R]:cm[C_R] + 4 * cm[C_H] * cm[C_P]].reshape(4 * cm[C_H], cm[C_P])
+
+
+@kernel
+def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
     """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
-    w    (4H, I + P)  packed [W | R] rows (see layout.py); columns k0: meet vec
-    vec  (I + P - k0,)  [x; h_prev] (k0 = 0), or h_prev when W.x is already in pre (k0 = I)
+    W (4H, I), R (4H, P)  packed rows (see layout.py)
+    x    (I,) the frame, or empty when W.x is already in pre
+    h    (P,) h of the previous step
     pre  (4H,)    packed bias, or packed bias + W.x of this frame
     c    (H,)     cell state: units u0.. updated in place
     m    (H,)     receives o * h(c) of units u0..
@@ -51,7 +56,7 @@ def _cell_block(w, k0, vec, pre, ws, cm, u0, n, c, m, g):
     clip = cm[C_CLIP] == 1
     r0 = 4 * u0
     gb = g[:4 * n]
-    _matvec(w, r0, 4 * n, k0, vec, gb)
+    _matvec2(W, x, R, h, r0, 4 * n, gb)
     for j in range(4 * n):
         gb[j] += pre[r0 + j]
     gi = gb[0:n]
@@ -94,32 +99,33 @@ def _cell_block(w, k0, vec, pre, ws, cm, u0, n, c, m, g):
 
 
 @parallel_kernel
-def _cell_blocks_par(w, k0, vec, pre, ws, cm, block, nthreads, c, m, g):
+def _cell_blocks_par(W, x, R, h, pre, ws, cm, block, nthreads, c, m, g):
     """Every block of a cell, the blocks split in nthreads runs; g holds 4*block per thread."""
     H = cm[C_H]
     nblk = (H + block - 1) // block
     for t in prange(nthreads):
         gt = g[t * 4 * block:(t + 1) * 4 * block]
         for b in range(t * nblk // nthreads, (t + 1) * nblk // nthreads):
-            _cell_block(w, k0, vec, pre, ws, cm, b * block, min(block, H - b * block), c, m, gt)
+            _cell_block(W, x, R, h, pre, ws, cm, b * block, min(block, H - b * block), c, m, gt)
 
 
 @kernel
-def _cell(w, k0, vec, pre, ws, cm, hd, c, hout, g, m):
+def _cell(W, x, R, h, pre, ws, cm, hd, c, hout, g, m):
     """One time step of one cell (arguments: _cell_block); hout (P,) receives the new h
-    and must not alias vec. Blocks run on hd[HD_THREADS] threads when that is > 1."""
+    and may be h itself: every block reads h before any of it is written.
+    Blocks run on hd[HD_THREADS] threads when that is > 1."""
     H = cm[C_H]
     P = cm[C_P]
     block = hd[HD_BLOCK]
     nthreads = hd[HD_THREADS]
     if nthreads > 1 and H > block:
-        _cell_blocks_par(w, k0, vec, pre, ws, cm, block, nthreads, c, m, g)
+        _cell_blocks_par(W, x, R, h, pre, ws, cm, block, nthreads, c, m, g)
     else:
         for u0 in range(0, H, block):
-            _cell_block(w, k0, vec, pre, ws, cm, u0, min(block, H - u0), c, m, g)
+            _cell_block(W, x, R, h, pre, ws, cm, u0, min(block, H - u0), c, m, g)
     if cm[C_PROJ] >= 0:
         proj = ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H)
-        _matvec(proj, 0, P, 0, m[:H], hout)
+        _matvec(proj, 0, P, m[:H], hout)
     else:
         for j in range(H):
             hout[j] = m[j]
@@ -135,7 +141,7 @@ def _head(ws, hd, top, y):
     O = hd[HD_OUT]
     K = hd[HD_TOP]
     hw = ws[hd[HD_HEAD_W]:hd[HD_HEAD_W] + O * K].reshape(O, K)
-    _matvec(hw, 0, O, 0, top, y)
+    _matvec(hw, 0, O, top, y)
     if hd[HD_HEAD_B] >= 0:
         for j in range(O):
             y[j] += ws[hd[HD_HEAD_B] + j]
@@ -159,25 +165,16 @@ def _step(x, ws, meta, st):
     ncell = hd[HD_NCELL]
     pmax = hd[HD_PMAX]
     hmax = hd[HD_HMAX]
-    v = st[hd[HD_ST_V]:hd[HD_ST_G]]
     g = st[hd[HD_ST_G]:hd[HD_ST_M]]
     m = st[hd[HD_ST_M]:hd[HD_ST_Y]]
-    for k in range(x.shape[0]):
-        v[k] = x[k]
+    xin = x
     for cell in range(ncell):
         cm = meta[1 + cell]
-        I = cm[C_I]
-        P = cm[C_P]
-        h = st[cell * pmax:cell * pmax + P]
+        h = st[cell * pmax:cell * pmax + cm[C_P]]
         c = st[ncell * pmax + cell * hmax:ncell * pmax + cell * hmax + cm[C_H]]
-        if cell > 0:  # the previous cell's new h is this one's input
-            hprev = st[(cell - 1) * pmax:(cell - 1) * pmax + I]
-            for k in range(I):
-                v[k] = hprev[k]
-        for k in range(P):
-            v[I + k] = h[k]
         b = ws[cm[C_B]:cm[C_B] + 4 * cm[C_H]]
-        _cell(_wr(ws, cm), 0, v[:I + P], b, ws, cm, hd, c, h, g, m)
+        _cell(_w(ws, cm), xin, _r(ws, cm), h, b, ws, cm, hd, c, h, g, m)
+        xin = h  # this cell's new h is the next one's input
     top = st[(ncell - 1) * pmax:(ncell - 1) * pmax + hd[HD_TOP]]
     _head(ws, hd, top, st[hd[HD_ST_Y]:hd[HD_ST_Y] + hd[HD_OUT]])
     return OK
@@ -220,17 +217,17 @@ def _run(x, lengths, ws, meta, h, c, y):
             out = np.zeros((T, width), np.float32)
             for cell in range(first, last):
                 cm = meta[1 + cell]
-                I = cm[C_I]
                 H = cm[C_H]
                 P = cm[C_P]
                 col = cm[C_COL]
-                w = _wr(ws, cm)
+                W = _w(ws, cm)
+                R = _r(ws, cm)
                 pre = np.empty((n, 4 * H), np.float32)
                 bias = ws[cm[C_B]:cm[C_B] + 4 * H]
                 if nthreads > 1:
-                    _gemm_nt_par(cur[:n], w, bias, pre, nthreads)
+                    _gemm_nt_par(cur[:n], W, bias, pre, nthreads)
                 else:
-                    _gemm_nt(cur[:n], w, bias, pre, 0, 4 * H)
+                    _gemm_nt(cur[:n], W, bias, pre, 0, 4 * H)
                 hs = hp[:P]
                 for j in range(P):
                     hs[j] = h[b, cell, j]
@@ -241,7 +238,7 @@ def _run(x, lengths, ws, meta, h, c, y):
                 for s in range(n):
                     t = n - 1 - s if cm[C_REV] == 1 else s
                     ht = out[t, col:col + P]
-                    _cell(w, I, hs, pre[t], ws, cm, hd, cs, ht, g, m)
+                    _cell(W, hs[:0], R, hs, pre[t], ws, cm, hd, cs, ht, g, m)
                     for j in range(P):
                         hs[j] = ht[j]
                 for j in range(P):
