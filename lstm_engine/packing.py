@@ -81,14 +81,13 @@ def pack(model, threads: int = 1) -> Packed:
         cm[L.C_W] = buf.add(d.W[perm])
         cm[L.C_R] = buf.add(d.R[perm])
         cm[L.C_B] = buf.add(d.b[perm])
-        cm[L.C_PEEP] = -1 if d.peepholes is None else buf.add(d.peepholes)
+        cm[L.C_PEEP] = buf.add(np.zeros(3 * H, np.float32) if d.peepholes is None else d.peepholes)
         cm[L.C_PROJ] = -1 if d.proj is None else buf.add(d.proj)
         f, g, h = d.activations
-        cm[L.C_PRM] = buf.add([f.alpha, f.beta, g.alpha, g.beta, h.alpha, h.beta,
-                               layer.clip or 0.0])
+        clip = np.finfo(np.float32).max if layer.clip is None else layer.clip
+        cm[L.C_PRM] = buf.add([f.alpha, f.beta, g.alpha, g.beta, h.alpha, h.beta, clip])
         cm[L.C_ACTF], cm[L.C_ACTG], cm[L.C_ACTH] = f.code, g.code, h.code
         cm[L.C_IFORGET] = int(layer.input_forget)
-        cm[L.C_CLIP] = int(layer.clip is not None)
         cm[L.C_COL] = P if (layer.direction == "bidirectional" and rev) else 0
     hd = meta[0]
     hd[L.HD_NCELL], hd[L.HD_NLAYER], hd[L.HD_BLOCK] = len(cells), len(model.layers), L.BLOCK

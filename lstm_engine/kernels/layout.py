@@ -40,13 +40,12 @@ C_P = 4  # size of h: proj_size, or H
 C_W = 5  # offset of the packed W rows, (4H, I)
 C_R = 6  # offset of the packed R rows, (4H, P): dense, so a chunk's recurrence streams it whole
 C_B = 7  # offset of the packed bias Wb + Rb, (4H,)
-C_PEEP = 8  # offset of the peepholes (3H,) in order i, o, f (unit order), or -1
+C_PEEP = 8  # offset of the peepholes (3H,) in order i, o, f (unit order); zeros when none
 C_PROJ = 9  # offset of the projection (P, H), or -1
-C_PRM = 10  # offset of 7 floats: alpha/beta of f, g, h, then clip
+C_PRM = 10  # offset of 7 floats: alpha/beta of f, g, h, then clip (float32 max when none)
 C_ACTF = 11  # activation codes of f, g, h
 C_ACTG = 12
 C_ACTH = 13
 C_IFORGET = 14  # 1 when input_forget (f = 1 - i)
-C_CLIP = 15  # 1 when clip applies
-C_COL = 16  # first column of this direction in the layer's output
-C_FIELDS = 17
+C_COL = 15  # first column of this direction in the layer's output
+C_FIELDS = 16

@@ -11,13 +11,13 @@ from numba import prange
 
 from .config import kernel, parallel_kernel
 from .layout import (
-    C_ACTF, C_ACTG, C_ACTH, C_B, C_CLIP, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
+    C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
     C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_W,
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
     HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
 from .linalg import _gemm_nt, _gemm_nt_par, _matvec, _matvec2
-from .pointwise import _act_inplace, _clip_inplace, _head_act_inplace
+from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
 
 OK = 0
 NONFINITE = 1  # an input frame holds NaN or inf; nothing was changed
@@ -47,53 +47,56 @@ def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
     c    (H,)     cell state: units u0.. updated in place
     m    (H,)     receives o * h(c) of units u0..
     g    (>= 4n,) scratch for this block's gate values
+    Peepholes are always there (zeros when the model has none) and clip always applies
+    (float32 max when it has none): both exact, and they keep the loops branch-free.
     """
     H = cm[C_H]
     prm = ws[cm[C_PRM]:cm[C_PRM] + 7]
-    af, bf, ag, bg, ah, bh, bound = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6]
-    code_f, code_g, code_h = cm[C_ACTF], cm[C_ACTG], cm[C_ACTH]
-    peep = cm[C_PEEP]
-    clip = cm[C_CLIP] == 1
+    bound = prm[6]
     r0 = 4 * u0
     gb = g[:4 * n]
     _matvec2(W, x, R, h, r0, 4 * n, gb)
-    for j in range(4 * n):
-        gb[j] += pre[r0 + j]
+    pb = pre[r0:r0 + 4 * n]
+    pi = ws[cm[C_PEEP] + u0:cm[C_PEEP] + u0 + n]
+    po = ws[cm[C_PEEP] + H + u0:cm[C_PEEP] + H + u0 + n]
+    pf = ws[cm[C_PEEP] + 2 * H + u0:cm[C_PEEP] + 2 * H + u0 + n]
+    cb = c[u0:u0 + n]
+    mb = m[u0:u0 + n]
+    iforget = cm[C_IFORGET] == 1
+    if cm[C_ACTF] == 0 and cm[C_ACTG] == 1 and cm[C_ACTH] == 1:
+        # sigmoid, tanh, tanh: the whole update in one loop that vectorises
+        for j in range(n):
+            c0 = cb[j]
+            i = _sigmoid(min(max(gb[j] + pb[j] + pi[j] * c0, -bound), bound))
+            f = _sigmoid(min(max(gb[2 * n + j] + pb[2 * n + j] + pf[j] * c0, -bound), bound))
+            f = np.float32(1.0) - i if iforget else f
+            c1 = f * c0 + i * _tanh(min(max(gb[3 * n + j] + pb[3 * n + j], -bound), bound))
+            o = _sigmoid(min(max(gb[n + j] + pb[n + j] + po[j] * c1, -bound), bound))
+            cb[j] = c1
+            mb[j] = o * _tanh(c1)
+        return
+    af, bf, ag, bg, ah, bh = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5]
     gi = gb[0:n]
     go = gb[n:2 * n]
     gf = gb[2 * n:3 * n]
     gc = gb[3 * n:4 * n]
-    cb = c[u0:u0 + n]
-    if peep >= 0:
-        pi = ws[peep + u0:peep + u0 + n]
-        pf = ws[peep + 2 * H + u0:peep + 2 * H + u0 + n]
-        for j in range(n):
-            gi[j] += pi[j] * cb[j]
-            gf[j] += pf[j] * cb[j]
-    if clip:
-        _clip_inplace(gi, bound)
-        _clip_inplace(gf, bound)
-        _clip_inplace(gc, bound)
-    _act_inplace(code_f, af, bf, gi)
-    if cm[C_IFORGET] == 1:
+    for j in range(n):
+        gi[j] = min(max(gi[j] + pb[j] + pi[j] * cb[j], -bound), bound)
+        gf[j] = min(max(gf[j] + pb[2 * n + j] + pf[j] * cb[j], -bound), bound)
+        gc[j] = min(max(gc[j] + pb[3 * n + j], -bound), bound)
+    _act_inplace(cm[C_ACTF], af, bf, gi)
+    if iforget:
         for j in range(n):
             gf[j] = np.float32(1.0) - gi[j]
     else:
-        _act_inplace(code_f, af, bf, gf)
-    _act_inplace(code_g, ag, bg, gc)
+        _act_inplace(cm[C_ACTF], af, bf, gf)
+    _act_inplace(cm[C_ACTG], ag, bg, gc)
     for j in range(n):
         cb[j] = gf[j] * cb[j] + gi[j] * gc[j]
-    if peep >= 0:
-        po = ws[peep + H + u0:peep + H + u0 + n]
-        for j in range(n):
-            go[j] += po[j] * cb[j]
-    if clip:
-        _clip_inplace(go, bound)
-    _act_inplace(code_f, af, bf, go)
-    mb = m[u0:u0 + n]
-    for j in range(n):
+        go[j] = min(max(go[j] + pb[n + j] + po[j] * cb[j], -bound), bound)
         mb[j] = cb[j]
-    _act_inplace(code_h, ah, bh, mb)
+    _act_inplace(cm[C_ACTF], af, bf, go)
+    _act_inplace(cm[C_ACTH], ah, bh, mb)
     for j in range(n):
         mb[j] *= go[j]
 

@@ -74,12 +74,6 @@ def _act_inplace(code, alpha, beta, a):
 
 
 @kernel
-def _clip_inplace(a, bound):
-    for j in range(a.shape[0]):
-        a[j] = min(max(a[j], -bound), bound)
-
-
-@kernel
 def _head_act_inplace(code, y):
     """Activation after the dense head, over the whole output vector y (O,)."""
     if code == HEAD_SOFTMAX or code == HEAD_LOGSOFTMAX:
