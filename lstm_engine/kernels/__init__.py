@@ -8,30 +8,32 @@ import hashlib
 import os
 
 
-def _clear_stale_cache():
-    here = os.path.dirname(__file__)
-    cache = os.path.join(here, "__pycache__")
+def clear_stale_cache(src_dir: str, cache_dir: str) -> bool:
+    """Remove numba's cache files in cache_dir unless they were made from the current
+    sources in src_dir; True when something was cleared. Must run before any kernel
+    is compiled or loaded in this process (numba's index would point at removed files)."""
     h = hashlib.sha256()
-    for name in sorted(os.listdir(here)):
+    for name in sorted(os.listdir(src_dir)):
         if name.endswith(".py"):
-            with open(os.path.join(here, name), "rb") as f:
+            with open(os.path.join(src_dir, name), "rb") as f:
                 h.update(name.encode() + f.read())
-    stamp = os.path.join(cache, "kernels.sha256")
+    stamp = os.path.join(cache_dir, "kernels.sha256")
     try:
         with open(stamp) as f:
             if f.read() == h.hexdigest():
-                return
+                return False
     except OSError:
         pass
     try:
-        os.makedirs(cache, exist_ok=True)
-        for name in os.listdir(cache):
+        os.makedirs(cache_dir, exist_ok=True)
+        for name in os.listdir(cache_dir):
             if name.endswith((".nbi", ".nbc")):
-                os.remove(os.path.join(cache, name))
+                os.remove(os.path.join(cache_dir, name))
         with open(stamp, "w") as f:
             f.write(h.hexdigest())
     except OSError:  # a read-only install: numba keeps its cache elsewhere, keyed per file
-        pass
+        return False
+    return True
 
 
-_clear_stale_cache()
+clear_stale_cache(os.path.dirname(__file__), os.path.join(os.path.dirname(__file__), "__pycache__"))
