@@ -4,12 +4,14 @@ import pytest
 
 import lstm_engine as le
 from helpers import make_model, maxdiff, rand
+from lstm_engine.kernels.layout import BLOCK
 
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_give_the_same_numbers(rng, threads):
-    # H = 170: 6 blocks of 32 units (the last one short), split unevenly over 3 threads
-    model = make_model(rng, 40, (170, 130), peep=[True, False], clip=[3.0, None], head=7, head_act="Softmax")
+    # H = 3.5 blocks: the last block short, and blocks split unevenly over the threads
+    H = 3 * BLOCK + BLOCK // 2
+    model = make_model(rng, 40, (H, 130), peep=[True, False], clip=[3.0, None], head=7, head_act="Softmax")
     one, many = le.Engine(model), le.Engine(model, threads=threads)
     assert one.threads == 1 and many.threads == threads
     X = rand(rng, 60, 40)

@@ -5,6 +5,7 @@ import pytest
 import lstm_engine as le
 from lstm_engine import activations as acts
 from lstm_engine import reference
+from lstm_engine.kernels.layout import BLOCK
 from helpers import TOL, make_model, maxdiff, ort_run, rand
 
 T = 100  # DESIGN §6: agreement over >= 100 steps
@@ -101,7 +102,7 @@ def test_stacked_layers_of_different_sizes_and_directions(rng):
     check(model, rng, B=3, lengths=np.array([T, 50, 64]))
 
 
-@pytest.mark.parametrize("H", [1, 31, 32, 33, 100])
+@pytest.mark.parametrize("H", [1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 5])
 def test_hidden_sizes_around_the_block_size(rng, H):
     check(make_model(rng, 3, (H,)), rng)
 

@@ -10,7 +10,7 @@ Row of gate q (0=i, 1=o, 2=f, 3=c) of unit u0 + j in the block starting at u0:
     4 * u0 + q * w + j
 """
 
-BLOCK = 32  # hidden units per block: 4*BLOCK gate values stay in L1 for the update
+BLOCK = 64  # hidden units per block: 4*BLOCK gate values stay in L1 for the update
 
 # header row
 HD_NCELL = 0  # number of cells
