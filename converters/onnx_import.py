@@ -44,12 +44,12 @@ class Const:
 
 @dataclass(frozen=True)
 class Data:
-    kind: str  # ids | frames | lstm_y | state | lens
+    kind: str  # ids | frames | lstm_y | state | raw3 (a float 3-D graph input, frames or state)
     axes: tuple  # labels, see module docstring
     stage: object = None  # frames/lstm_y: stage index, or "head"
     which: str = ""  # state: "h" or "c"
     cells: tuple = ()  # state: cell indices along S (or the one cell when S is gone)
-    source: str = ""  # state/lens/ids: the graph input it comes from ("" = computed)
+    source: str = ""  # the graph input it comes from ("" = computed)
     head: tuple = ()  # frames at the head: what has been applied ("mm", "bias", "act")
 
 
@@ -409,7 +409,7 @@ class _Importer:
         to = at.get("to")
         if isinstance(v, ShapeVec):
             return v
-        if isinstance(v, Data) and v.kind in ("ids", "lens"):
+        if isinstance(v, Data) and v.kind == "ids":
             return v
         if isinstance(v, Data) and to in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
                                           onnx.TensorProto.FLOAT16):
@@ -843,7 +843,6 @@ class _Importer:
     def _finish(self):
         if not self.layers and not self.problems:
             raise ModelError("no LSTM node found on the way to the graph's outputs")
-        ncell = sum(l.num_directions for l in self.layers)
         bad_outputs = []
         for o in self.g.output:
             v = self.vals.get(o.name)

@@ -23,9 +23,8 @@ import zlib
 import numpy as np
 
 from lstm_engine.errors import ModelError
-from lstm_engine.model import HEAD_ACTIVATIONS, Direction, Embedding, Head, Layer, Model
+from lstm_engine.model import HEAD_ACTIVATIONS, TORCH_TO_ONNX, Direction, Embedding, Head, Layer, Model, permute_gates
 
-_IFGO_TO_IOFC = (0, 3, 1, 2)  # PyTorch gate blocks -> ONNX order
 _LSTM_KEY = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(_l(\d+)(_reverse)?)?$")
 
 
@@ -214,11 +213,6 @@ def _get(tensors, key, ndim, where):
     return a.astype(np.float32)
 
 
-def _reorder(a, H):
-    """PyTorch's i, f, g, o row blocks -> ONNX's i, o, f, c."""
-    return np.concatenate([a[q * H:(q + 1) * H] for q in _IFGO_TO_IOFC])
-
-
 def _state_dict_to_model(t, prefix, head, embedding, head_activation, batch_first, where):
     cands = lstm_prefixes(t)
     if prefix is None:
@@ -259,7 +253,7 @@ def _state_dict_to_model(t, prefix, head, embedding, head_activation, batch_firs
                     used.add(p % name)
             proj = _get(t, p % "weight_hr", 2, where) if p % "weight_hr" in t else None
             used.update(x for x in (p % "weight_ih", p % "weight_hh", p % "weight_hr") if x in t)
-            dirs.append(Direction(_reorder(W, H), _reorder(R, H), _reorder(b, H), proj=proj))
+            dirs.append(Direction(*(permute_gates(a, H, TORCH_TO_ONNX) for a in (W, R, b)), proj=proj))
         layers.append(Layer(dirs, "bidirectional" if len(dirs) == 2 else "forward"))
         k += 1
         if cell:

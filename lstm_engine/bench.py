@@ -15,7 +15,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import ModelError
-from .model import Direction, Layer, Model
+from .model import ONNX_TO_TORCH, Direction, Layer, Model, permute_gates
 
 NOISY = 0.25  # warn when the interquartile range exceeds this fraction of the median
 PEERS = ("ort", "torch", "openvino")
@@ -150,17 +150,15 @@ class _TorchSystem:
                 raise ModelError(f"layers[{li}] uses options nn.LSTM does not have")
         torch.set_num_threads(threads)
         self._torch = torch
-        iofc_to_ifgo = [0, 2, 3, 1]
         self._layers = []
         for layer in model.layers:
             d = layer.directions[0]
             H = layer.hidden_size
             m = torch.nn.LSTM(layer.input_size, H, proj_size=layer.proj_size if d.proj is not None else 0)
-            blocks = lambda a: np.concatenate([a[q * H:(q + 1) * H] for q in iofc_to_ifgo])  # noqa: E731
             with torch.no_grad():
-                m.weight_ih_l0.copy_(torch.from_numpy(blocks(d.W)))
-                m.weight_hh_l0.copy_(torch.from_numpy(blocks(d.R)))
-                m.bias_ih_l0.copy_(torch.from_numpy(blocks(d.b)))
+                m.weight_ih_l0.copy_(torch.from_numpy(permute_gates(d.W, H, ONNX_TO_TORCH)))
+                m.weight_hh_l0.copy_(torch.from_numpy(permute_gates(d.R, H, ONNX_TO_TORCH)))
+                m.bias_ih_l0.copy_(torch.from_numpy(permute_gates(d.b, H, ONNX_TO_TORCH)))
                 m.bias_hh_l0.zero_()
                 if d.proj is not None:
                     m.weight_hr_l0.copy_(torch.from_numpy(d.proj))
@@ -259,6 +257,11 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
     rng = np.random.default_rng(1)
     x, X = _inputs(model, chunk, rng)
     systems_ = systems(model, against, precision, threads, progress)
+    first = {s.name: np.asarray(s.step(x), np.float64) for s in systems_}  # all from zero state
+    for name, y in first.items():  # timing a peer is only fair if it computes the same thing
+        diff = float(np.abs(y - first[ENGINE]).max())
+        if diff > 1e-3 and progress:
+            progress(f"warning: {name} disagrees with {ENGINE} by {diff:.2g}: its timings are not comparable")
     est_step, est_run = {}, {}
     for s in systems_:  # warm-up outside the timings (compilation, caches, allocators)
         for _ in range(5):

@@ -88,7 +88,7 @@ def _validate(args) -> int:
     print(f"model: {args.model}")
     print(f"reference: {res['reference']}")
     print("inputs: " + ", ".join(f"{k} {tuple(v)}" for k, v in res["inputs"].items())
-          + ("" if args.inputs else f" (random, seed 0)"))
+          + ("" if args.inputs else " (random, seed 0)"))
     print(f"{'output':<20} {'mode':<8} {'max abs':>10} {'max rel':>10}  result")
     for r in res["results"]:
         fmt = (lambda v: f"{v:10.2e}" if v is not None else f"{'-':>10}")

@@ -5,7 +5,6 @@ A call that raises leaves every state exactly as it was.
 """
 from __future__ import annotations
 
-import hashlib
 import struct
 
 import numpy as np
@@ -17,7 +16,6 @@ from .model import Model
 from .packing import pack
 
 PRECISIONS = ("fp32",)
-_F32 = np.dtype(np.float32)
 _SNAP_MAGIC = b"LSTMSNAP"
 _SNAP_VERSION = 1
 _SNAP_HEAD = struct.Struct("<8sH32sI")  # magic, version, model fingerprint, floats

@@ -34,6 +34,15 @@ FORMAT = "lstm-engine"
 FORMAT_VERSION = 1
 
 
+TORCH_TO_ONNX = (0, 3, 1, 2)  # PyTorch stores gate blocks i, f, g, o; ONNX (canonical) i, o, f, c
+ONNX_TO_TORCH = (0, 2, 3, 1)
+
+
+def permute_gates(a, H: int, order) -> np.ndarray:
+    """The four H-row gate blocks of a (4H, ...) array, taken in `order`."""
+    return np.concatenate([a[q * H:(q + 1) * H] for q in order])
+
+
 def _f32(name, a, ndim):
     """`a` as a float32 C array of `ndim` dimensions, or ModelError naming `name`."""
     try:

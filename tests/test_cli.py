@@ -156,7 +156,7 @@ def test_bench_structure(tmp_path, capsys):
             assert stats["median_us"] > 0 and stats["p99_us"] >= stats["median_us"]
     for name in ("lstm-engine", "onnxruntime", "numpy BLAS"):
         assert name in cap.out
-    assert "benchmarking H=8" in cap.err
+    assert "benchmarking H=8" in cap.err and "disagrees" not in cap.err  # the peers compute the same LSTM
     try:
         import openvino  # noqa: F401
         assert "openvino" in cap.out

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lstm_engine as le
 from converters import from_onnx, import_onnx, to_onnx
-from helpers import TOL, make_model, maxdiff, ort_run, rand
+from helpers import TOL, make_model, maxdiff, rand
 
 
 def _backend_cases():

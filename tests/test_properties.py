@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 import lstm_engine as le
 from lstm_engine import activations as acts
 from lstm_engine import reference
-from helpers import TOL, make_model, maxdiff, rand, scaled_err
+from helpers import TOL, make_model, rand, scaled_err
 
 # bounded activations keep random stacks from overflowing over long sequences
 BOUNDED = ["Sigmoid", "Tanh", "HardSigmoid", "Softsign", "ScaledTanh"]
