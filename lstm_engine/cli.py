@@ -19,7 +19,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"lstm-engine: error: {message} (see lstm-engine --help)\n")
 
 
+_said = set()
+
+
 def _progress(msg):
+    if "skipped" in msg:  # the same peer is skipped for every size: say it once
+        if msg in _said:
+            return
+        _said.add(msg)
     print(msg, file=sys.stderr, flush=True)
 
 
