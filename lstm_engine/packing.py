@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import layout as L
+from .kernels.linalg import PAIR
+from .kernels.simd import GROUP
 from .kernels.pointwise import (
     HEAD_LOGSOFTMAX, HEAD_NONE, HEAD_RELU, HEAD_SIGMOID, HEAD_SOFTMAX, HEAD_TANH,
 )
@@ -46,6 +48,16 @@ def gate_row_order(H: int, block: int = L.BLOCK) -> np.ndarray:
     return perm
 
 
+def to_panel(a: np.ndarray) -> np.ndarray:
+    """(R, K) rows -> the panel layout of kernels/simd.py: rows padded with zeros to
+    whole PAIRs, cut into groups of GROUP rows, each group stored k-major."""
+    R, K = a.shape
+    Rp = -(-R // PAIR) * PAIR
+    padded = np.zeros((Rp, K), np.float32)
+    padded[:R] = a
+    return np.ascontiguousarray(padded.reshape(Rp // GROUP, GROUP, K).transpose(0, 2, 1)).ravel()
+
+
 class _Buffer:
     def __init__(self):
         self.parts, self.size = [], 0
@@ -78,8 +90,8 @@ def pack(model, threads: int = 1) -> Packed:
         cm = meta[1 + k]
         cm[L.C_LAYER], cm[L.C_REV] = li, int(rev)
         cm[L.C_I], cm[L.C_H], cm[L.C_P] = I, H, P
-        cm[L.C_W] = buf.add(d.W[perm])
-        cm[L.C_R] = buf.add(d.R[perm])
+        cm[L.C_W] = buf.add(to_panel(d.W[perm]))
+        cm[L.C_R] = buf.add(to_panel(d.R[perm]))
         cm[L.C_B] = buf.add(d.b[perm])
         cm[L.C_PEEP] = buf.add(np.zeros(3 * H, np.float32) if d.peepholes is None else d.peepholes)
         cm[L.C_PROJ] = -1 if d.proj is None else buf.add(d.proj)

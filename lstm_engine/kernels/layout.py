@@ -11,6 +11,7 @@ Row of gate q (0=i, 1=o, 2=f, 3=c) of unit u0 + j in the block starting at u0:
 """
 
 BLOCK = 64  # hidden units per block: 4*BLOCK gate values stay in L1 for the update
+assert BLOCK % 16 == 0, "a block's 4*BLOCK gate rows must be whole 64-row panel pairs (simd.py)"
 
 # header row
 HD_NCELL = 0  # number of cells

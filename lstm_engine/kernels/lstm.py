@@ -16,7 +16,7 @@ from .layout import (
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
     HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
-from .linalg import _gemm_nt, _gemm_nt_par, _matvec, _matvec2
+from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec, padded_rows
 from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
 
 OK = 0
@@ -26,27 +26,27 @@ BADSHAPE = 2  # a streaming frame is not as wide as the model's input; nothing w
 
 @kernel
 def _w(ws, cm):
-    """The packed W rows of a cell as a (4H, I) view."""
-    return ws[cm[C_W]:cm[C_W] + 4 * cm[C_H] * cm[C_I]].reshape(4 * cm[C_H], cm[C_I])
+    """The panel of a cell's W (padded_rows(4H) rows of I)."""
+    return ws[cm[C_W]:cm[C_W] + padded_rows(4 * cm[C_H]) * cm[C_I]]
 
 
 @kernel
 def _r(ws, cm):
-    """The packed R rows of a cell as a (4H, P) view."""
-    return ws[cm[C_R]:cm[C_R] + 4 * cm[C_H] * cm[C_P]].reshape(4 * cm[C_H], cm[C_P])
+    """The panel of a cell's R (padded_rows(4H) rows of P)."""
+    return ws[cm[C_R]:cm[C_R] + padded_rows(4 * cm[C_H]) * cm[C_P]]
 
 
 @kernel
 def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
     """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
-    W (4H, I), R (4H, P)  packed rows (see layout.py)
+    W, R      panels of the packed W (4H, I) and R (4H, P) rows (layout.py, simd.py)
     x    (I,) the frame, or empty when W.x is already in pre
     h    (P,) h of the previous step
     pre  (4H,)    packed bias, or packed bias + W.x of this frame
     c    (H,)     cell state: units u0.. updated in place
     m    (H,)     receives o * h(c) of units u0..
-    g    (>= 4n,) scratch for this block's gate values
+    g    (>= padded_rows(4n),) scratch for this block's gate values
     Peepholes are always there (zeros when the model has none) and clip always applies
     (float32 max when it has none): both exact, and they keep the loops branch-free.
     """
@@ -55,7 +55,7 @@ def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
     bound = prm[6]
     r0 = 4 * u0
     gb = g[:4 * n]
-    _matvec2(W, x, R, h, r0, 4 * n, gb)
+    _gates(W, x, R, h, r0, 4 * n, g)
     pb = pre[r0:r0 + 4 * n]
     pi = ws[cm[C_PEEP] + u0:cm[C_PEEP] + u0 + n]
     po = ws[cm[C_PEEP] + H + u0:cm[C_PEEP] + H + u0 + n]
@@ -225,12 +225,12 @@ def _run(x, lengths, ws, meta, h, c, y):
                 col = cm[C_COL]
                 W = _w(ws, cm)
                 R = _r(ws, cm)
-                pre = np.empty((n, 4 * H), np.float32)
+                pre = np.empty((n, padded_rows(4 * H)), np.float32)
                 bias = ws[cm[C_B]:cm[C_B] + 4 * H]
                 if nthreads > 1:
-                    _gemm_nt_par(cur[:n], W, bias, pre, nthreads)
+                    _gemm_panel_par(cur[:n], W, bias, pre, nthreads)
                 else:
-                    _gemm_nt(cur[:n], W, bias, pre, 0, 4 * H)
+                    _gemm_panel(cur[:n], W, bias, pre, 0, pre.shape[1])
                 hs = hp[:P]
                 for j in range(P):
                     hs[j] = h[b, cell, j]
