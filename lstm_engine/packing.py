@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import layout as L
-from .kernels.linalg import PAIR
+from .kernels.linalg import PAIR, QUAD
 from .kernels.simd import GROUP
 from .kernels.pointwise import (
     HEAD_LOGSOFTMAX, HEAD_NONE, HEAD_RELU, HEAD_SIGMOID, HEAD_SOFTMAX, HEAD_TANH,
@@ -18,6 +18,7 @@ from .kernels.pointwise import (
 _HEAD_CODES = {None: HEAD_NONE, "Softmax": HEAD_SOFTMAX, "LogSoftmax": HEAD_LOGSOFTMAX,
                "Sigmoid": HEAD_SIGMOID, "Tanh": HEAD_TANH, "Relu": HEAD_RELU}
 _ALIGN = 16  # floats per 64 bytes
+WIDE_BYTES = 16 << 20  # weights read per product above this (half this machine's L3) come from memory
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,10 @@ def gate_row_order(H: int, block: int = L.BLOCK) -> np.ndarray:
     return perm
 
 
-def to_panel(a: np.ndarray) -> np.ndarray:
+def to_panel(a: np.ndarray, Rp: int) -> np.ndarray:
     """(R, K) rows -> the panel layout of kernels/simd.py: rows padded with zeros to
-    whole PAIRs, cut into groups of GROUP rows, each group stored k-major."""
+    Rp (a multiple of GROUP), cut into groups of GROUP rows, each group stored k-major."""
     R, K = a.shape
-    Rp = -(-R // PAIR) * PAIR
     padded = np.zeros((Rp, K), np.float32)
     padded[:R] = a
     return np.ascontiguousarray(padded.reshape(Rp // GROUP, GROUP, K).transpose(0, 2, 1)).ravel()
@@ -90,8 +90,11 @@ def pack(model, threads: int = 1) -> Packed:
         cm = meta[1 + k]
         cm[L.C_LAYER], cm[L.C_REV] = li, int(rev)
         cm[L.C_I], cm[L.C_H], cm[L.C_P] = I, H, P
-        cm[L.C_W] = buf.add(to_panel(d.W[perm]))
-        cm[L.C_R] = buf.add(to_panel(d.R[perm]))
+        wide = int((d.W.size + d.R.size) * 4 > WIDE_BYTES) | int(d.R.size * 4 > WIDE_BYTES) << 1
+        rows = -(-4 * H // (QUAD if wide else PAIR)) * (QUAD if wide else PAIR)
+        cm[L.C_W] = buf.add(to_panel(d.W[perm], rows))
+        cm[L.C_R] = buf.add(to_panel(d.R[perm], rows))
+        cm[L.C_ROWS], cm[L.C_WIDE] = rows, wide
         cm[L.C_B] = buf.add(d.b[perm])
         cm[L.C_PEEP] = buf.add(np.zeros(3 * H, np.float32) if d.peepholes is None else d.peepholes)
         cm[L.C_PROJ] = -1 if d.proj is None else buf.add(d.proj)

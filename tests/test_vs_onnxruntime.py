@@ -146,3 +146,22 @@ def test_unbatched_input_equals_batch_of_one(rng):
 
 def test_large_hidden_size(rng):
     check(make_model(rng, 64, (256,)), rng, B=1, T=100)
+
+
+@pytest.mark.parametrize("H", [1, 33, 100, 2 * BLOCK])
+def test_wide_panels_match(rng, monkeypatch, H):
+    """Cells over packing.WIDE_BYTES use the 4-group kernel and 128-row padding; forcing
+    the threshold to 0 runs small models through that path."""
+    from lstm_engine import packing
+
+    model = make_model(rng, 7, (H, 9), direction=["bidirectional", "forward"], peep=True)
+    monkeypatch.setattr(packing, "WIDE_BYTES", 0)
+    eng = le.Engine(model)
+    from lstm_engine.kernels.layout import C_WIDE
+
+    assert (eng._packed.meta[1:, C_WIDE] == 3).all()  # steps and recurrences both wide
+    check(model, rng, B=2, lengths=np.array([T, 31]), ort=False)
+    X = rand(rng, 20, 7)
+    s = le.Engine(make_model(rng, 7, (H, 5))).open_stream()  # streaming steps on wide panels
+    Yr, _ = reference.run(s._engine.model, X[:, None])
+    assert maxdiff(np.stack([s.step(x) for x in X]), Yr[:, 0]) <= TOL

@@ -11,7 +11,7 @@ Row of gate q (0=i, 1=o, 2=f, 3=c) of unit u0 + j in the block starting at u0:
 """
 
 BLOCK = 64  # hidden units per block: 4*BLOCK gate values stay in L1 for the update
-assert BLOCK % 16 == 0, "a block's 4*BLOCK gate rows must be whole 64-row panel pairs (simd.py)"
+assert BLOCK % 32 == 0, "a block's 4*BLOCK gate rows must be whole 128-row panel sets (simd.py)"
 
 # header row
 HD_NCELL = 0  # number of cells
@@ -49,4 +49,7 @@ C_ACTG = 12
 C_ACTH = 13
 C_IFORGET = 14  # 1 when input_forget (f = 1 - i)
 C_COL = 15  # first column of this direction in the layer's output
-C_FIELDS = 16
+C_ROWS = 16  # rows of the W and R panels: 4H padded to whole row sets of the gate kernel
+C_WIDE = 17  # which gate products stream from memory, so walk four panel groups at once
+#             (simd.py): bit 0 a step's W.x + R.h, bit 1 a chunk recurrence's R.h alone
+C_FIELDS = 18

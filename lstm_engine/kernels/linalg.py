@@ -8,27 +8,29 @@ import numpy as np
 from numba import prange
 
 from .config import kernel, parallel_kernel
-from .simd import GROUP, gemm32x1, gemm32x3, gemv64, gemv64_acc
+from .simd import GROUP, gemm32x1, gemm32x3, gemv64, gemv64_acc, gemv128, gemv128_acc
 
-PAIR = 2 * GROUP  # gate rows per gemv64 call; panels are padded to a multiple of it
-
-
-@kernel
-def padded_rows(rows):
-    """Rows of a panel: rows rounded up to whole PAIRs (the padding rows are zero)."""
-    return (rows + PAIR - 1) // PAIR * PAIR
+PAIR = 2 * GROUP  # gate rows per gemv64 call
+QUAD = 4 * GROUP  # gate rows per gemv128 call, for weights that come from memory
 
 
 @kernel
-def _gates(Wp, x, Rp, h, r0, n, out):
-    """out[j] = W[r0 + j] . x + R[r0 + j] . h for j < n, rounded up to whole PAIRs
-    (out must have room for them). Wp, Rp: panels of W (., I) and R (., P); r0 a
-    multiple of PAIR; x may be empty when W.x is already accounted for."""
+def _gates(Wp, x, Rp, h, r0, n, wide, out):
+    """out[j] = W[r0 + j] . x + R[r0 + j] . h for j < n, rounded up to the kernel's row
+    set (QUAD when wide, else PAIR; out must have room). Wp, Rp: panels of W (., I) and
+    R (., P) padded to that row set; x may be empty when W.x is already in pre."""
     I = x.shape[0]
     P = h.shape[0]
-    for r in range(r0, r0 + n, PAIR):
+    step = QUAD if wide else PAIR
+    for r in range(r0, r0 + n, step):
         o = r - r0
-        if I > 0:
+        if wide:
+            if I > 0:
+                gemv128(Wp, r * I, x, 0, 0, I, out, o, 0)
+                gemv128_acc(Rp, r * P, h, 0, 0, P, out, o, 0)
+            else:
+                gemv128(Rp, r * P, h, 0, 0, P, out, o, 0)
+        elif I > 0:
             gemv64(Wp, r * I, x, 0, 0, I, out, o, 0)
             gemv64_acc(Rp, r * P, h, 0, 0, P, out, o, 0)
         else:

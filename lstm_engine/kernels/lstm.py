@@ -12,11 +12,11 @@ from numba import prange
 from .config import kernel, parallel_kernel
 from .layout import (
     C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
-    C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_W,
+    C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_ROWS, C_W, C_WIDE,
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
     HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
-from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec, padded_rows
+from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec
 from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
 
 OK = 0
@@ -26,14 +26,14 @@ BADSHAPE = 2  # a streaming frame is not as wide as the model's input; nothing w
 
 @kernel
 def _w(ws, cm):
-    """The panel of a cell's W (padded_rows(4H) rows of I)."""
-    return ws[cm[C_W]:cm[C_W] + padded_rows(4 * cm[C_H]) * cm[C_I]]
+    """The panel of a cell's W (C_ROWS rows of I)."""
+    return ws[cm[C_W]:cm[C_W] + cm[C_ROWS] * cm[C_I]]
 
 
 @kernel
 def _r(ws, cm):
-    """The panel of a cell's R (padded_rows(4H) rows of P)."""
-    return ws[cm[C_R]:cm[C_R] + padded_rows(4 * cm[C_H]) * cm[C_P]]
+    """The panel of a cell's R (C_ROWS rows of P)."""
+    return ws[cm[C_R]:cm[C_R] + cm[C_ROWS] * cm[C_P]]
 
 
 @kernel
@@ -46,7 +46,7 @@ def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
     pre  (4H,)    packed bias, or packed bias + W.x of this frame
     c    (H,)     cell state: units u0.. updated in place
     m    (H,)     receives o * h(c) of units u0..
-    g    (>= padded_rows(4n),) scratch for this block's gate values
+    g    (4*BLOCK,) scratch for this block's gate values (4n rounded up to the kernel's rows)
     Peepholes are always there (zeros when the model has none) and clip always applies
     (float32 max when it has none): both exact, and they keep the loops branch-free.
     """
@@ -55,7 +55,7 @@ def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
     bound = prm[6]
     r0 = 4 * u0
     gb = g[:4 * n]
-    _gates(W, x, R, h, r0, 4 * n, g)
+    _gates(W, x, R, h, r0, 4 * n, (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1, g)
     pb = pre[r0:r0 + 4 * n]
     pi = ws[cm[C_PEEP] + u0:cm[C_PEEP] + u0 + n]
     po = ws[cm[C_PEEP] + H + u0:cm[C_PEEP] + H + u0 + n]
@@ -225,7 +225,7 @@ def _run(x, lengths, ws, meta, h, c, y):
                 col = cm[C_COL]
                 W = _w(ws, cm)
                 R = _r(ws, cm)
-                pre = np.empty((n, padded_rows(4 * H)), np.float32)
+                pre = np.empty((n, cm[C_ROWS]), np.float32)
                 bias = ws[cm[C_B]:cm[C_B] + 4 * H]
                 if nthreads > 1:
                     _gemm_panel_par(cur[:n], W, bias, pre, nthreads)
