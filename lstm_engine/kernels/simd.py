@@ -45,7 +45,8 @@ def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
             pdata = context.make_array(signature.args[0])(context, builder, pa).data
             xdata = context.make_array(signature.args[2])(context, builder, xa).data
             odata = context.make_array(signature.args[6])(context, builder, oa).data
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")
+            # fmuladd, not fma: fused where the CPU has FMA, mul + add (not a libm call) where not
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fmuladd.v8f32")
             c = lambda v: ir.Constant(_I64, v)  # noqa: E731
             gstride = builder.mul(Kv, c(GROUP))
             gbase = [builder.gep(pdata, [builder.add(poff, builder.mul(gstride, c(g)))]) for g in range(ngroups)]
