@@ -14,6 +14,8 @@ HEAD_NONE, HEAD_SOFTMAX, HEAD_LOGSOFTMAX, HEAD_SIGMOID, HEAD_TANH, HEAD_RELU = r
 
 @kernel
 def _tanh(x):
+    """tanh of a float32 scalar: odd rational 13/6 on [-9, 9], where tanh is 1 to
+    float32 precision beyond; loops over it vectorise (no libm call)."""
     x = min(max(x, _F(-9.0)), _F(9.0))
     x2 = x * x
     p = x2 * _F(-2.76076847742355e-16) + _F(2.00018790482477e-13)
@@ -30,6 +32,7 @@ def _tanh(x):
 
 @kernel
 def _sigmoid(x):
+    """1 / (1 + e^-x) of a float32 scalar, as 0.5 + 0.5 tanh(x / 2)."""
     return _F(0.5) * _tanh(_F(0.5) * x) + _F(0.5)
 
 
