@@ -6,6 +6,7 @@ A call that raises leaves every state exactly as it was.
 from __future__ import annotations
 
 import struct
+import warnings
 
 import numpy as np
 
@@ -77,6 +78,13 @@ class Engine:
         c = np.zeros((1, p.ncell, p.hmax), np.float32)
         y = np.zeros((1, 1, self.model.output_size), np.float32)
         _run(frame[None, None], np.ones(1, np.int64), p.ws, p.meta, h, c, y)
+        if self.threads > 1:
+            import numba
+
+            if numba.threading_layer() == "workqueue":
+                warnings.warn("numba runs threads=N on its workqueue layer, which is not thread-safe: "
+                              "do not step this engine's streams from several Python threads at once "
+                              "(installing tbb, or an OpenMP runtime, lifts this)", RuntimeWarning, stacklevel=3)
 
     # ---- streams ------------------------------------------------------------
     def open_stream(self, state=None) -> "Stream":
