@@ -8,6 +8,8 @@ Packed gate rows: the hidden units of a cell are cut into blocks of BLOCK units;
 so one pass over a block yields all four gates of its units for the pointwise update.
 Row of gate q (0=i, 1=o, 2=f, 3=c) of unit u0 + j in the block starting at u0:
     4 * u0 + q * w + j
+W and R are then stored as panels of those rows (simd.py): zero rows pad them to
+C_ROWS, and each group of 32 rows is stored k-major.
 """
 
 BLOCK = 64  # hidden units per block: 4*BLOCK gate values stay in L1 for the update
