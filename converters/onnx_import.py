@@ -367,7 +367,7 @@ class _Importer:
                     return dims[-1]
             return self._stage_width(d.stage)
         if label == "O":
-            return self.head_w.shape[1]
+            return self.head_w.shape[0]  # head_w is (O, K)
         raise _Refuse(f"axis {label} has no known size")
 
     def _stage_width(self, stage):

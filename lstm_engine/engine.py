@@ -93,7 +93,7 @@ class Engine:
         s = Stream(self)
         if state is not None:
             h, c = self._state_arrays(state, batch=None)
-            s._h[0], s._c[0] = h[:, :], c[:, :]
+            s._h[:], s._c[:] = h, c
         return s
 
     def restore(self, blob: bytes) -> "Stream":
@@ -141,7 +141,7 @@ class Engine:
         """
         m = self.model
         p = self._packed
-        X = self._frames(X, "X", batched=None)
+        X = self._frames(X, "X", allow_batch=True)
         batched = X.ndim == 3
         if not batched:
             X = X[None]
@@ -158,11 +158,11 @@ class Engine:
             lens = lens.reshape(B).astype(np.int64)
             if (lens < 0).any() or (lens > T).any():
                 raise ValueError(f"lengths: every value must be in [0, {T}], got {lens.tolist()}")
-        h = np.zeros((B, p.ncell, p.pmax), np.float32)
-        c = np.zeros((B, p.ncell, p.hmax), np.float32)
-        if state is not None:
-            hs, cs = self._state_arrays(state, batch=B if batched else None)
-            h[:], c[:] = hs.reshape(B, p.ncell, p.pmax), cs.reshape(B, p.ncell, p.hmax)
+        if state is None:
+            h = np.zeros((B, p.ncell, p.pmax), np.float32)
+            c = np.zeros((B, p.ncell, p.hmax), np.float32)
+        else:  # fresh arrays: the kernel updates them in place
+            h, c = self._state_arrays(state, batch=B if batched else None)
         Y = np.empty((B, T, m.output_size), np.float32)
         if _run(X, lens, p.ws, p.meta, h, c, Y) == NONFINITE:
             raise _nonfinite("X")
@@ -174,8 +174,9 @@ class Engine:
         return np.ascontiguousarray(Y), ([a.copy() for a in hl], [a.copy() for a in cl])
 
     # ---- boundary checks ---------------------------------------------------
-    def _frames(self, X, name, batched):
-        """X as float32 frames (..., I); token ids go through the embedding table."""
+    def _frames(self, X, name, allow_batch):
+        """X as float32 frames (T, I), or also (T, B, I) with allow_batch; token ids go
+        through the embedding table."""
         m = self.model
         if m.embedding is not None:
             ids = _numeric(name, X)
@@ -189,9 +190,9 @@ class Engine:
             return m.embedding.weight[ids]
         a = _numeric(name, X)
         I = m.layers[0].input_size
-        ok = a.ndim in (2, 3) if batched is None else a.ndim == 2
+        ok = a.ndim in (2, 3) if allow_batch else a.ndim == 2
         if not ok or a.shape[-1] != I:
-            want = "(T, %d) or (T, B, %d)" % (I, I) if batched is None else "(T, %d)" % I
+            want = "(T, %d) or (T, B, %d)" % (I, I) if allow_batch else "(T, %d)" % I
             raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
         return np.ascontiguousarray(a, np.float32)
 
@@ -265,7 +266,7 @@ class Stream:
         e = self._engine
         if e.model.embedding is not None and np.ndim(X) != 1:
             raise ValueError(f"X: token model expects ids shaped (T,), got shape {np.shape(X)}")
-        X = e._frames(X, "X", batched=False)
+        X = e._frames(X, "X", allow_batch=False)
         T = X.shape[0]
         Y = np.empty((1, T, e.model.output_size), np.float32)
         if T == 0:  # the kernel would apply onnxruntime's empty-sequence rule (zero state)

@@ -263,3 +263,16 @@ def test_external_data_escaping_the_folder_is_refused(rng, tmp_path):
     _relocate(p, "missing.bin")
     with pytest.raises(le.ModelError, match="cannot read external data"):
         from_onnx(p)
+
+
+def test_reshape_after_the_head(rng):
+    """Glue after the head (here a Reshape that keeps the shape) sizes the O axis right."""
+    model = make_model(rng, 5, (8,), head=3, head_act="Softmax")
+    proto = to_onnx(model)
+    y = [n for n in proto.graph.node if n.op_type == "Identity"][0]
+    y.input[0], src = "y_flat", y.input[0]
+    shape = numpy_helper.from_array(np.array([0, 0, 3], np.int64), "y_shape")
+    proto.graph.initializer.append(shape)
+    proto.graph.node.insert(len(proto.graph.node) - 1, helper.make_node("Reshape", [src, "y_shape"], ["y_flat"]))
+    back, io = import_onnx(proto)
+    assert back.fingerprint() == model.fingerprint() and io.y_axes[-1] == "O"
