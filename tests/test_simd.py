@@ -7,20 +7,19 @@ from lstm_engine.kernels import simd
 from lstm_engine.packing import to_panel
 
 
-@numba.njit
-def _gemv64(p, x, out, acc):
-    if acc:
-        simd.gemv64_acc(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
-    else:
-        simd.gemv64(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
+def _gemv(kern, kern_acc):
+    """A jitted caller of one GEMV kernel and its accumulating twin."""
+    @numba.njit
+    def call(p, x, out, acc):
+        if acc:
+            kern_acc(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
+        else:
+            kern(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
+    return call
 
 
-@numba.njit
-def _gemv128(p, x, out, acc):
-    if acc:
-        simd.gemv128_acc(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
-    else:
-        simd.gemv128(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
+_gemv64 = _gemv(simd.gemv64, simd.gemv64_acc)
+_gemv128 = _gemv(simd.gemv128, simd.gemv128_acc)
 
 
 @numba.njit
