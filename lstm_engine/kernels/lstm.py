@@ -74,7 +74,19 @@ def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
             o = _sigmoid(min(max(gb[n + j] + pb[n + j] + po[j] * c1, -bound), bound))
             cb[j] = c1
             mb[j] = o * _tanh(c1)
-        return
+    else:
+        _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget)
+
+
+@kernel
+def _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget):
+    """_cell_block's update for any activations: one loop per gate and activation.
+
+    gb (4n,) gate products in block order i, o, f, c; pb (4n,) bias or pre;
+    pi, po, pf (n,) peepholes; cb (n,) cell state in/out; mb (n,) receives o * h(c).
+    """
+    n = cb.shape[0]
+    bound = prm[6]
     af, bf, ag, bg, ah, bh = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5]
     gi = gb[0:n]
     go = gb[n:2 * n]
