@@ -16,7 +16,7 @@ from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step
 from .model import Model
 from .packing import pack
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
 _SNAP_MAGIC = b"LSTMSNAP"
 _SNAP_VERSION = 1
 _SNAP_HEAD = struct.Struct("<8sH32sI")  # magic, version, model fingerprint, floats
@@ -44,7 +44,8 @@ def _worth_threads(model) -> bool:
 class Engine:
     """Runs one Model; holds its packed weights, shared by every Stream it opens.
 
-    precision: "fp32" (bf16 and int8 are not available yet).
+    precision: "fp32", or "bf16": W and R rounded to bfloat16, half the bytes streamed
+    per step; everything else (and all arithmetic) stays float32. int8 is not available yet.
     threads: cores that split each layer's hidden units. A parallel region costs a
     few µs, so models whose layers are too small to gain keep to one thread
     (`Engine.threads` says what is used).
@@ -61,7 +62,7 @@ class Engine:
         self.model = model
         self.precision = precision
         self.threads = int(threads) if _worth_threads(model) else 1
-        self._packed = pack(model, self.threads)
+        self._packed = pack(model, self.threads, precision)
         self._fingerprint = bytes.fromhex(model.fingerprint())
         self._warm()
 

@@ -76,12 +76,36 @@ class _Buffer:
         return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
 
 
-def pack(model, threads: int = 1) -> Packed:
-    """Pack a validated Model for the fp32 kernels; `threads` split each cell's blocks."""
+def bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even; weights are finite."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def round_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 values as bfloat16 represents them (what a bf16 engine computes with)."""
+    return (bf16_bits(a).astype(np.uint32) << 16).view(np.float32).reshape(np.shape(a))
+
+
+def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
+    """Pack a validated Model; `threads` split each cell's blocks; with precision "bf16"
+    the W and R panels hold bfloat16 bits (everything else stays float32)."""
+    bf16 = precision == "bf16"
+    wbytes = 2 if bf16 else 4
+
+    def panel(a, rows):
+        p = to_panel(a, rows)
+        if not bf16:
+            return p
+        bits = bf16_bits(p)
+        if bits.size % 2:
+            bits = np.append(bits, np.uint16(0))
+        return bits.view(np.float32)  # two bf16 per float32 slot
     buf = _Buffer()
     cells = list(model.cells())
     meta = np.zeros((1 + len(cells), max(L.HD_FIELDS, L.C_FIELDS)), np.int64)
     meta[0, L.HD_THREADS] = threads
+    meta[0, L.HD_BF16] = int(bf16)
     pmax = max(layer.proj_size for _, _, layer, _ in cells)
     hmax = max(layer.hidden_size for _, _, layer, _ in cells)
     for k, (li, rev, layer, d) in enumerate(cells):
@@ -90,10 +114,10 @@ def pack(model, threads: int = 1) -> Packed:
         cm = meta[1 + k]
         cm[L.C_LAYER], cm[L.C_REV] = li, int(rev)
         cm[L.C_I], cm[L.C_H], cm[L.C_P] = I, H, P
-        wide = int((d.W.size + d.R.size) * 4 > WIDE_BYTES) | int(d.R.size * 4 > WIDE_BYTES) << 1
+        wide = int((d.W.size + d.R.size) * wbytes > WIDE_BYTES) | int(d.R.size * wbytes > WIDE_BYTES) << 1
         rows = -(-4 * H // (QUAD if wide else PAIR)) * (QUAD if wide else PAIR)
-        cm[L.C_W] = buf.add(to_panel(d.W[perm], rows))
-        cm[L.C_R] = buf.add(to_panel(d.R[perm], rows))
+        cm[L.C_W] = buf.add(panel(d.W[perm], rows))
+        cm[L.C_R] = buf.add(panel(d.R[perm], rows))
         cm[L.C_ROWS], cm[L.C_WIDE] = rows, wide
         cm[L.C_B] = buf.add(d.b[perm])
         cm[L.C_PEEP] = buf.add(np.zeros(3 * H, np.float32) if d.peepholes is None else d.peepholes)

@@ -171,3 +171,11 @@ def test_bench_a_model_file(rng, tmp_path, capsys):
                  "--against", "ort,torch"]) == 0
     out = capsys.readouterr().out
     assert "model lstm-engine" in " ".join(out.split()) and "onnxruntime" in out
+
+
+def test_bench_bf16(tmp_path, capsys):
+    assert main(["bench", "--hidden", "16", "--steps", "20", "--chunk", "4", "--against", "ort",
+                 "--precision", "bf16", "--json", str(tmp_path / "b.json")]) == 0
+    b = json.loads((tmp_path / "b.json").read_text())["benchmarks"][0]
+    assert b["precision"] == "bf16" and b["weight_bytes"] == 2 * (4 * 16 * 16 * 2)
+    assert "disagrees" not in capsys.readouterr().err  # within bf16's rounding of fp32 peers

@@ -57,3 +57,21 @@ def test_panel_layout(rng):
     W = rng.standard_normal((40, 3)).astype(np.float32)
     p = to_panel(W, 64).reshape(2, 3, 32)  # groups, k, row in group
     assert np.array_equal(p[0].T, W[:32]) and np.array_equal(p[1].T[:8], W[32:]) and not p[1].T[8:].any()
+
+
+@numba.njit
+def _gemv64_bf16(p, x, out):
+    simd.gemv64_bf16(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
+
+
+@pytest.mark.parametrize("K", [1, 3, 64])
+def test_gemv_bf16(rng, K):
+    from lstm_engine.packing import bf16_bits, round_bf16
+
+    W = rng.standard_normal((64, K)).astype(np.float32)
+    x = rng.standard_normal(K).astype(np.float32)
+    bits = bf16_bits(to_panel(W, 64))
+    p = np.append(bits, np.uint16(0)).view(np.float32) if bits.size % 2 else bits.view(np.float32)
+    out = np.zeros(64, np.float32)
+    _gemv64_bf16(p, x, out)
+    assert np.allclose(out, round_bf16(W).astype(np.float64) @ x, atol=1e-5)

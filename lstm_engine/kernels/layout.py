@@ -32,7 +32,8 @@ HD_ST_G = 12  # streaming buffer, after the state: g, one block's gate values pe
 HD_ST_M = 13  # offset of m, o * h(c) before projection (HMAX)
 HD_ST_Y = 14  # offset of y, the output (OUT)
 HD_ST_LEN = 15  # total length of a streaming buffer
-HD_FIELDS = 16
+HD_BF16 = 16  # 1 when the W and R panels hold bfloat16 bits (two per float32 slot of ws)
+HD_FIELDS = 17
 
 # cell rows
 C_LAYER = 0

@@ -8,33 +8,53 @@ import numpy as np
 from numba import prange
 
 from .config import kernel, parallel_kernel
-from .simd import GROUP, gemm32x1, gemm32x3, gemv64, gemv64_acc, gemv128, gemv128_acc
+from .simd import (
+    GROUP, gemm32x1, gemm32x1_bf16, gemm32x3, gemm32x3_bf16, gemv64, gemv64_acc, gemv64_acc_bf16,
+    gemv64_bf16, gemv128, gemv128_acc, gemv128_acc_bf16, gemv128_bf16,
+)
 
 PAIR = 2 * GROUP  # gate rows per gemv64 call
 QUAD = 4 * GROUP  # gate rows per gemv128 call, for weights that come from memory
 
 
 @kernel
-def _gates(Wp, x, Rp, h, r0, n, wide, out):
+def _gemv(wide, bf16, acc, p, p_off, x, out, o):
+    """out[o + i] (+)= panel row p_off/K + i . x for the QUAD (wide) or PAIR rows from
+    element p_off of panel p (float32 or bf16 bits); acc adds to what out holds."""
+    K = x.shape[0]
+    if bf16:
+        if wide:
+            if acc:
+                gemv128_acc_bf16(p, p_off, x, 0, 0, K, out, o, 0)
+            else:
+                gemv128_bf16(p, p_off, x, 0, 0, K, out, o, 0)
+        elif acc:
+            gemv64_acc_bf16(p, p_off, x, 0, 0, K, out, o, 0)
+        else:
+            gemv64_bf16(p, p_off, x, 0, 0, K, out, o, 0)
+    elif wide:
+        if acc:
+            gemv128_acc(p, p_off, x, 0, 0, K, out, o, 0)
+        else:
+            gemv128(p, p_off, x, 0, 0, K, out, o, 0)
+    elif acc:
+        gemv64_acc(p, p_off, x, 0, 0, K, out, o, 0)
+    else:
+        gemv64(p, p_off, x, 0, 0, K, out, o, 0)
+
+
+@kernel
+def _gates(Wp, x, Rp, h, r0, n, wide, bf16, out):
     """out[j] = W[r0 + j] . x + R[r0 + j] . h for j < n, rounded up to the kernel's row
     set (QUAD when wide, else PAIR; out must have room). Wp, Rp: panels of W (., I) and
-    R (., P) padded to that row set; x may be empty when W.x is already in pre."""
+    R (., P) padded to that row set, float32 or (bf16) bfloat16 bits; x may be empty
+    when W.x is already in pre."""
     I = x.shape[0]
     P = h.shape[0]
-    step = QUAD if wide else PAIR
-    for r in range(r0, r0 + n, step):
-        o = r - r0
-        if wide:
-            if I > 0:
-                gemv128(Wp, r * I, x, 0, 0, I, out, o, 0)
-                gemv128_acc(Rp, r * P, h, 0, 0, P, out, o, 0)
-            else:
-                gemv128(Rp, r * P, h, 0, 0, P, out, o, 0)
-        elif I > 0:
-            gemv64(Wp, r * I, x, 0, 0, I, out, o, 0)
-            gemv64_acc(Rp, r * P, h, 0, 0, P, out, o, 0)
-        else:
-            gemv64(Rp, r * P, h, 0, 0, P, out, o, 0)
+    for r in range(r0, r0 + n, QUAD if wide else PAIR):
+        if I > 0:
+            _gemv(wide, bf16, False, Wp, r * I, x, out, r - r0)
+        _gemv(wide, bf16, I > 0, Rp, r * P, h, out, r - r0)
 
 
 @kernel
@@ -78,20 +98,26 @@ def _matvec(w, r0, n, vec, out):
 
 
 @kernel
-def _gemm_panel(a, Wp, bias, out, r_begin, r_end):
+def _gemm_panel(a, Wp, bias, bf16, out, r_begin, r_end):
     """out[t, r] = bias[r] + a[t] . W[r] for r_begin <= r < r_end (multiples of GROUP)
-    and r < len(bias). a (T, I) frames, Wp the panel of W (., I), out (T, >= r_end).
-    Three frames share every panel load."""
+    and r < len(bias). a (T, I) frames, Wp the panel of W (., I) (bf16: bfloat16 bits),
+    out (T, >= r_end). Three frames share every panel load."""
     T = a.shape[0]
     I = a.shape[1]
     ld = out.shape[1]
     for r in range(r_begin, r_end, GROUP):
         t = 0
         while t + 3 <= T:
-            gemm32x3(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
+            if bf16:
+                gemm32x3_bf16(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
+            else:
+                gemm32x3(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
             t += 3
         while t < T:
-            gemm32x1(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
+            if bf16:
+                gemm32x1_bf16(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
+            else:
+                gemm32x1(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
             t += 1
     for t in range(T):
         for r in range(r_begin, min(r_end, bias.shape[0])):
@@ -99,8 +125,8 @@ def _gemm_panel(a, Wp, bias, out, r_begin, r_end):
 
 
 @parallel_kernel
-def _gemm_panel_par(a, Wp, bias, out, nthreads):
+def _gemm_panel_par(a, Wp, bias, bf16, out, nthreads):
     """_gemm_panel over all panel rows, split in nthreads runs of whole groups."""
     groups = out.shape[1] // GROUP
     for t in prange(nthreads):
-        _gemm_panel(a, Wp, bias, out, GROUP * (t * groups // nthreads), GROUP * ((t + 1) * groups // nthreads))
+        _gemm_panel(a, Wp, bias, bf16, out, GROUP * (t * groups // nthreads), GROUP * ((t + 1) * groups // nthreads))

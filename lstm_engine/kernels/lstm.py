@@ -14,7 +14,7 @@ from .layout import (
     C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
     C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_ROWS, C_W, C_WIDE,
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
-    HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
+    HD_BF16, HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
 from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec
 from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
@@ -26,21 +26,23 @@ BADSHAPE = 2  # a streaming frame is not as wide as the model's input; nothing w
 
 @kernel
 def _w(ws, cm):
-    """The panel of a cell's W (C_ROWS rows of I)."""
+    """A view starting at the panel of a cell's W (C_ROWS rows of I); the gate kernels
+    read only where it starts, so it may run past a bf16 panel."""
     return ws[cm[C_W]:cm[C_W] + cm[C_ROWS] * cm[C_I]]
 
 
 @kernel
 def _r(ws, cm):
-    """The panel of a cell's R (C_ROWS rows of P)."""
+    """A view starting at the panel of a cell's R (C_ROWS rows of P); see _w."""
     return ws[cm[C_R]:cm[C_R] + cm[C_ROWS] * cm[C_P]]
 
 
 @kernel
-def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
+def _cell_block(W, x, R, h, pre, ws, cm, bf16, u0, n, c, m, g):
     """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
-    W, R      panels of the packed W (4H, I) and R (4H, P) rows (layout.py, simd.py)
+    W, R      panels of the packed W (4H, I) and R (4H, P) rows (layout.py, simd.py),
+              float32 or, with bf16, bfloat16 bits
     x    (I,) the frame, or empty when W.x is already in pre
     h    (P,) h of the previous step
     pre  (4H,)    packed bias, or packed bias + W.x of this frame
@@ -55,7 +57,7 @@ def _cell_block(W, x, R, h, pre, ws, cm, u0, n, c, m, g):
     bound = prm[6]
     r0 = 4 * u0
     gb = g[:4 * n]
-    _gates(W, x, R, h, r0, 4 * n, (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1, g)
+    _gates(W, x, R, h, r0, 4 * n, (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1, bf16, g)
     pb = pre[r0:r0 + 4 * n]
     pi = ws[cm[C_PEEP] + u0:cm[C_PEEP] + u0 + n]
     po = ws[cm[C_PEEP] + H + u0:cm[C_PEEP] + H + u0 + n]
@@ -114,14 +116,14 @@ def _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget):
 
 
 @parallel_kernel
-def _cell_blocks_par(W, x, R, h, pre, ws, cm, block, nthreads, c, m, g):
+def _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, block, nthreads, c, m, g):
     """Every block of a cell, the blocks split in nthreads runs; g holds 4*block per thread."""
     H = cm[C_H]
     nblk = (H + block - 1) // block
     for t in prange(nthreads):
         gt = g[t * 4 * block:(t + 1) * 4 * block]
         for b in range(t * nblk // nthreads, (t + 1) * nblk // nthreads):
-            _cell_block(W, x, R, h, pre, ws, cm, b * block, min(block, H - b * block), c, m, gt)
+            _cell_block(W, x, R, h, pre, ws, cm, bf16, b * block, min(block, H - b * block), c, m, gt)
 
 
 @kernel
@@ -133,11 +135,12 @@ def _cell(W, x, R, h, pre, ws, cm, hd, c, hout, g, m):
     P = cm[C_P]
     block = hd[HD_BLOCK]
     nthreads = hd[HD_THREADS]
+    bf16 = hd[HD_BF16] == 1
     if nthreads > 1 and H > block:
-        _cell_blocks_par(W, x, R, h, pre, ws, cm, block, nthreads, c, m, g)
+        _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, block, nthreads, c, m, g)
     else:
         for u0 in range(0, H, block):
-            _cell_block(W, x, R, h, pre, ws, cm, u0, min(block, H - u0), c, m, g)
+            _cell_block(W, x, R, h, pre, ws, cm, bf16, u0, min(block, H - u0), c, m, g)
     if cm[C_PROJ] >= 0:
         proj = ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H)
         _matvec(proj, 0, P, m[:H], hout)
@@ -239,10 +242,11 @@ def _run(x, lengths, ws, meta, h, c, y):
                 R = _r(ws, cm)
                 pre = np.empty((n, cm[C_ROWS]), np.float32)
                 bias = ws[cm[C_B]:cm[C_B] + 4 * H]
+                bf16 = hd[HD_BF16] == 1
                 if nthreads > 1:
-                    _gemm_panel_par(cur[:n], W, bias, pre, nthreads)
+                    _gemm_panel_par(cur[:n], W, bias, bf16, pre, nthreads)
                 else:
-                    _gemm_panel(cur[:n], W, bias, pre, 0, pre.shape[1])
+                    _gemm_panel(cur[:n], W, bias, bf16, pre, 0, pre.shape[1])
                 hs = hp[:P]
                 for j in range(P):
                     hs[j] = h[b, cell, j]

@@ -24,7 +24,20 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 
 
-def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
+_V8I16 = ir.VectorType(ir.IntType(16), 8)
+_V8I32 = ir.VectorType(_I32, 8)
+
+
+def _load_weights(builder, ptr, bf16):
+    """Eight weights as a float32 vector; bf16 bits become the upper half of a float32."""
+    if not bf16:
+        return builder.load(builder.bitcast(ptr, _V8.as_pointer()), align=4)
+    bits = builder.load(builder.bitcast(ptr, _V8I16.as_pointer()), align=2)
+    wide = builder.shl(builder.zext(bits, _V8I32), ir.Constant(_V8I32, [16] * 8))
+    return builder.bitcast(wide, _V8)
+
+
+def _panel_kernel(ngroups: int, nframes: int, accumulate: bool, bf16: bool = False):
     """An intrinsic kern(p, p_off, x, x_off, ldx, K, out, o_off, ldo) computing, for
     frames f < nframes and rows i < ngroups*32 from the group at element p_off:
 
@@ -32,7 +45,9 @@ def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
 
     p, x, out: float32 arrays of any shape (only their data pointers are used); with
     accumulate the sums start from what out holds. k is unrolled by two; odd K ends
-    in a tail step.
+    in a tail step. With bf16 the panel holds bfloat16 bits (two per float32 slot of
+    p; p_off counts bf16 elements): each load widens 8 of them to float32, the upper
+    half of which they are, and the arithmetic stays float32.
     """
     nacc = ngroups * 4 * nframes
 
@@ -43,6 +58,8 @@ def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
         def codegen(context, builder, signature, args):
             pa, poff, xa, xoff, ldx_, Kv, oa, ooff, ldo_ = args
             pdata = context.make_array(signature.args[0])(context, builder, pa).data
+            if bf16:
+                pdata = builder.bitcast(pdata, ir.IntType(16).as_pointer())
             xdata = context.make_array(signature.args[2])(context, builder, xa).data
             odata = context.make_array(signature.args[6])(context, builder, oa).data
             # fmuladd, not fma: fused where the CPU has FMA, mul + add (not a libm call) where not
@@ -76,7 +93,7 @@ def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
                 for g in range(ngroups):
                     row = builder.gep(gbase[g], [off])
                     for j in range(4):
-                        w = builder.load(builder.bitcast(builder.gep(row, [c(8 * j)]), _V8.as_pointer()), align=4)
+                        w = _load_weights(builder, builder.gep(row, [c(8 * j)]), bf16)
                         for f in range(nframes):
                             i = (f * ngroups + g) * 4 + j
                             out_[i] = builder.call(fma, [w, xs[f], out_[i]])
@@ -138,3 +155,10 @@ gemv128_acc = _panel_kernel(4, 1, accumulate=True)
 # 32 rows for three frames: each panel load feeds three FMAs (twelve accumulators)
 gemm32x3 = _panel_kernel(1, 3, accumulate=False)
 gemm32x1 = _panel_kernel(1, 1, accumulate=False)  # the frames left over from threes
+# the same over bfloat16 panels: half the bytes streamed per weight
+gemv64_bf16 = _panel_kernel(2, 1, accumulate=False, bf16=True)
+gemv64_acc_bf16 = _panel_kernel(2, 1, accumulate=True, bf16=True)
+gemv128_bf16 = _panel_kernel(4, 1, accumulate=False, bf16=True)
+gemv128_acc_bf16 = _panel_kernel(4, 1, accumulate=True, bf16=True)
+gemm32x3_bf16 = _panel_kernel(1, 3, accumulate=False, bf16=True)
+gemm32x1_bf16 = _panel_kernel(1, 1, accumulate=False, bf16=True)
