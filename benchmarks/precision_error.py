@@ -38,7 +38,7 @@ class CharLSTM(torch.nn.Module):
 net = CharLSTM()
 opt = torch.optim.Adam(net.parameters(), lr=3e-3)
 t0 = time.time()
-for step in range(400):
+for _ in range(400):
     starts = torch.randint(0, split - 65, (32,))
     batch = torch.stack([ids[s:s + 65] for s in starts]).T  # (65, 32)
     loss = torch.nn.functional.nll_loss(net(batch[:-1]).reshape(-1, V), batch[1:].reshape(-1))

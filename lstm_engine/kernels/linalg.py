@@ -20,7 +20,10 @@ QUAD = 4 * GROUP  # gate rows per gemv128 call, for weights that come from memor
 @kernel
 def _gemv(wide, bf16, acc, p, p_off, x, out, o):
     """out[o + i] (+)= panel row p_off/K + i . x for the QUAD (wide) or PAIR rows from
-    element p_off of panel p (float32 or bf16 bits); acc adds to what out holds."""
+    element p_off of panel p (float32 or bf16 bits); acc adds to what out holds.
+
+    A table of compile-time kernels: passing acc into one kernel at run time instead
+    measured 7% slower per block at H=64 (LLVM no longer drops the unused loads)."""
     K = x.shape[0]
     if bf16:
         if wide:
