@@ -897,7 +897,11 @@ def import_onnx(src, constants=None, select=None) -> tuple[Model, GraphIO]:
     """The Model and the graph-interface mapping (see GraphIO)."""
     if select not in (None, "lstm"):
         raise ValueError(f"select={select!r}: the only option is 'lstm'")
-    proto, base = _load(src)
+    return _import(*_load(src), constants, select)
+
+
+def _import(proto, base, constants=None, select=None) -> tuple[Model, GraphIO]:
+    """import_onnx on a parsed model; base: its folder (for external data), or None."""
     try:
         return _Importer(proto, base, constants, select).run()
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:

@@ -63,8 +63,12 @@ class Engine:
         self.precision = precision
         self.threads = int(threads) if _worth_threads(model) else 1
         self._packed = pack(model, self.threads, precision)
-        self._fingerprint = bytes.fromhex(model.fingerprint())
         self._warm()
+
+    @property
+    def _fingerprint(self) -> bytes:
+        """The model's sha256, for snapshots; hashing every weight waits until needed."""
+        return bytes.fromhex(self.model.fingerprint())
 
     def _warm(self):
         """Compile (or load from numba's cache) every kernel before the first real call."""

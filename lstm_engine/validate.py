@@ -93,10 +93,10 @@ def _streamed(engine, model, X, state, batched):
 
 def validate(src, inputs=None, steps=100, tol=1e-4, batch=2, seed=0) -> dict:
     """Compare; returns a JSON-ready dict with per-output errors and an overall pass."""
-    from converters.onnx_import import _load, import_onnx
+    from converters.onnx_import import _import, _load
 
-    proto, _ = _load(src)
-    model, io = import_onnx(src)
+    proto, base = _load(src)  # parsed once: onnxruntime and the converter share it
+    model, io = _import(proto, base)
     feeds = dict(inputs) if inputs is not None else random_inputs(proto, model, io, steps, batch, seed)
     ref, ref_name = _reference_outputs(proto, feeds, model, io)
     engine = Engine(model)
