@@ -144,5 +144,6 @@ def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
     hd[L.HD_ST_G] = len(cells) * (pmax + hmax)
     hd[L.HD_ST_M] = hd[L.HD_ST_G] + threads * 4 * L.BLOCK
     hd[L.HD_ST_Y] = hd[L.HD_ST_M] + hmax
-    hd[L.HD_ST_LEN] = hd[L.HD_ST_Y] + model.output_size
+    hd[L.HD_ST_FLIP] = hd[L.HD_ST_Y] + model.output_size
+    hd[L.HD_ST_LEN] = hd[L.HD_ST_FLIP] + 1
     return Packed(buf.array(), meta, len(cells), pmax, hmax)

@@ -47,14 +47,17 @@ def _gemv(wide, bf16, acc, p, p_off, x, out, o):
 
 
 @kernel
-def _gates(Wp, x, Rp, h, r0, n, wide, bf16, out):
+def _gates(Wp, x, Rp, h, r0, n, wide, bf16, flip, out):
     """out[j] = W[r0 + j] . x + R[r0 + j] . h for j < n, rounded up to the kernel's row
     set (QUAD when wide, else PAIR; out must have room). Wp, Rp: panels of W (., I) and
     R (., P) padded to that row set, float32 or (bf16) bfloat16 bits; x may be empty
-    when W.x is already in pre."""
+    when W.x is already in pre. flip walks the row sets last to first (layout.py)."""
     I = x.shape[0]
     P = h.shape[0]
-    for r in range(r0, r0 + n, QUAD if wide else PAIR):
+    step = QUAD if wide else PAIR
+    nset = (n + step - 1) // step
+    for q in range(nset):
+        r = r0 + step * (nset - 1 - q if flip else q)
         if I > 0:
             _gemv(wide, bf16, False, Wp, r * I, x, out, r - r0)
         _gemv(wide, bf16, I > 0, Rp, r * P, h, out, r - r0)

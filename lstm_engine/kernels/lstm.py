@@ -14,7 +14,7 @@ from .layout import (
     C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
     C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_ROWS, C_W, C_WIDE,
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
-    HD_BF16, HD_PMAX, HD_HMAX, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
+    HD_BF16, HD_PMAX, HD_HMAX, HD_ST_FLIP, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
 from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec
 from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
@@ -38,7 +38,7 @@ def _r(ws, cm):
 
 
 @kernel
-def _cell_block(W, x, R, h, pre, ws, cm, bf16, u0, n, c, m, g):
+def _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, u0, n, c, m, g):
     """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
     W, R      panels of the packed W (4H, I) and R (4H, P) rows (layout.py, simd.py),
@@ -49,6 +49,7 @@ def _cell_block(W, x, R, h, pre, ws, cm, bf16, u0, n, c, m, g):
     c    (H,)     cell state: units u0.. updated in place
     m    (H,)     receives o * h(c) of units u0..
     g    (4*BLOCK,) scratch for this block's gate values (4n rounded up to the kernel's rows)
+    flip walks the block's row sets last to first (layout.py).
     Peepholes are always there (zeros when the model has none) and clip always applies
     (float32 max when it has none): both exact, and they keep the loops branch-free.
     """
@@ -57,7 +58,7 @@ def _cell_block(W, x, R, h, pre, ws, cm, bf16, u0, n, c, m, g):
     bound = prm[6]
     r0 = 4 * u0
     gb = g[:4 * n]
-    _gates(W, x, R, h, r0, 4 * n, (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1, bf16, g)
+    _gates(W, x, R, h, r0, 4 * n, (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1, bf16, flip, g)
     pb = pre[r0:r0 + 4 * n]
     pi = ws[cm[C_PEEP] + u0:cm[C_PEEP] + u0 + n]
     po = ws[cm[C_PEEP] + H + u0:cm[C_PEEP] + H + u0 + n]
@@ -116,31 +117,37 @@ def _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget):
 
 
 @parallel_kernel
-def _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, block, nthreads, c, m, g):
+def _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, flip, block, nthreads, c, m, g):
     """Every block of a cell, the blocks split in nthreads runs; g holds 4*block per thread."""
     H = cm[C_H]
     nblk = (H + block - 1) // block
     for t in prange(nthreads):
         gt = g[t * 4 * block:(t + 1) * 4 * block]
-        for b in range(t * nblk // nthreads, (t + 1) * nblk // nthreads):
-            _cell_block(W, x, R, h, pre, ws, cm, bf16, b * block, min(block, H - b * block), c, m, gt)
+        b0 = t * nblk // nthreads
+        b1 = (t + 1) * nblk // nthreads
+        for k in range(b1 - b0):
+            b = b1 - 1 - k if flip else b0 + k
+            _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, b * block, min(block, H - b * block), c, m, gt)
 
 
 @kernel
-def _cell(W, x, R, h, pre, ws, cm, hd, c, hout, g, m):
+def _cell(W, x, R, h, pre, ws, cm, hd, flip, c, hout, g, m):
     """One time step of one cell (arguments: _cell_block); hout (P,) receives the new h
     and may be h itself: every block reads h before any of it is written.
-    Blocks run on hd[HD_THREADS] threads when that is > 1."""
+    Blocks run on hd[HD_THREADS] threads when that is > 1; flip walks them (and the
+    row sets inside them) last to first, see layout.py."""
     H = cm[C_H]
     P = cm[C_P]
     block = hd[HD_BLOCK]
     nthreads = hd[HD_THREADS]
     bf16 = hd[HD_BF16] == 1
     if nthreads > 1 and H > block:
-        _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, block, nthreads, c, m, g)
+        _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, flip, block, nthreads, c, m, g)
     else:
-        for u0 in range(0, H, block):
-            _cell_block(W, x, R, h, pre, ws, cm, bf16, u0, min(block, H - u0), c, m, g)
+        nblk = (H + block - 1) // block
+        for k in range(nblk):
+            u0 = block * (nblk - 1 - k if flip else k)
+            _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, u0, min(block, H - u0), c, m, g)
     if cm[C_PROJ] >= 0:
         proj = ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H)
         _matvec(proj, 0, P, m[:H], hout)
@@ -186,12 +193,14 @@ def _step(x, ws, meta, st):
     g = st[hd[HD_ST_G]:hd[HD_ST_M]]
     m = st[hd[HD_ST_M]:hd[HD_ST_Y]]
     xin = x
+    flip = st[hd[HD_ST_FLIP]] != 0
+    st[hd[HD_ST_FLIP]] = np.float32(0.0) if flip else np.float32(1.0)
     for cell in range(ncell):
         cm = meta[1 + cell]
         h = st[cell * pmax:cell * pmax + cm[C_P]]
         c = st[ncell * pmax + cell * hmax:ncell * pmax + cell * hmax + cm[C_H]]
         b = ws[cm[C_B]:cm[C_B] + 4 * cm[C_H]]
-        _cell(_w(ws, cm), xin, _r(ws, cm), h, b, ws, cm, hd, c, h, g, m)
+        _cell(_w(ws, cm), xin, _r(ws, cm), h, b, ws, cm, hd, flip, c, h, g, m)
         xin = h  # this cell's new h is the next one's input
     top = st[(ncell - 1) * pmax:(ncell - 1) * pmax + hd[HD_TOP]]
     _head(ws, hd, top, st[hd[HD_ST_Y]:hd[HD_ST_Y] + hd[HD_OUT]])
@@ -257,7 +266,7 @@ def _run(x, lengths, ws, meta, h, c, y):
                 for s in range(n):
                     t = n - 1 - s if cm[C_REV] == 1 else s
                     ht = out[t, col:col + P]
-                    _cell(W, hs[:0], R, hs, pre[t], ws, cm, hd, cs, ht, g, m)
+                    _cell(W, hs[:0], R, hs, pre[t], ws, cm, hd, s % 2 == 1, cs, ht, g, m)
                     for j in range(P):
                         hs[j] = ht[j]
                 for j in range(P):
