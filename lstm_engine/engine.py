@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import ModelError
 from .kernels.layout import HD_IN, HD_ST_Y
-from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step
+from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step, _step_many
 from .model import Model
 from .packing import pack
 
@@ -79,6 +79,8 @@ class Engine:
             # Stream.step hands frames to _step unchecked: only float32 C-contiguous
             # writable 1-D arrays may pass; anything else raises TypeError and is converted.
             _step.disable_compile()
+            _step_many(np.zeros((0, frame.size), np.float32), p.ws, p.meta, np.zeros(0, np.int64),
+                       np.zeros((0, self.model.output_size), np.float32))
         h = np.zeros((1, p.ncell, p.pmax), np.float32)
         c = np.zeros((1, p.ncell, p.hmax), np.float32)
         y = np.zeros((1, 1, self.model.output_size), np.float32)
@@ -126,6 +128,45 @@ class Engine:
         s = Stream(self)
         s._st[:n] = state
         return s
+
+    def step_many(self, streams, X) -> np.ndarray:
+        """One frame for each of N streams of this engine in one call: X (N, I) frames, or
+        (N,) token ids, row i for streams[i]; returns the outputs (N, O).
+
+        Every weight is read once for all N streams (two matrix products per layer), so
+        this costs far less than N steps; each stream ends exactly as its own step() would
+        leave it. Streams must be distinct; on any error none of them changes.
+        """
+        self._require_streamable()
+        try:
+            streams = list(streams)
+        except TypeError:
+            raise TypeError(f"streams: expected a sequence of Streams, got {type(streams).__name__}") from None
+        N = len(streams)
+        for i, s in enumerate(streams):
+            if not isinstance(s, Stream) or s._engine is not self:
+                raise ValueError(f"streams[{i}]: not a Stream opened on this engine "
+                                 "(open_stream or restore on it)")
+        addrs = np.array([s._addr for s in streams], np.int64)
+        if len(set(addrs.tolist())) != N:
+            raise ValueError("streams: a stream appears more than once (it would step twice at once)")
+        m = self.model
+        if m.embedding is not None:
+            if np.ndim(X) != 1:
+                raise ValueError(f"X: token model expects ids shaped (N,), got shape {np.shape(X)}")
+            X = self._frames(X, "X", allow_batch=False)
+        else:
+            X = _numeric("X", X)
+            I = m.layers[0].input_size
+            if X.shape != (N, I):
+                raise ValueError(f"X: expected shape ({N}, {I}) for {N} streams, got {X.shape}")
+            X = np.ascontiguousarray(X, np.float32)
+        if X.shape[0] != N:
+            raise ValueError(f"X: expected {N} token ids for {N} streams, got {X.shape[0]}")
+        Y = np.empty((N, m.output_size), np.float32)
+        if N and _step_many(X, self._packed.ws, self._packed.meta, addrs, Y) == NONFINITE:
+            raise _nonfinite("X")
+        return Y
 
     def _require_streamable(self):
         if not self.model.streamable:
@@ -235,13 +276,14 @@ class Stream:
     Not safe for two threads at once; different Streams are (kernels release the GIL).
     """
 
-    __slots__ = ("_engine", "_ws", "_meta", "_st", "_h", "_c", "_y", "_xshape", "_emb")
+    __slots__ = ("_engine", "_ws", "_meta", "_st", "_addr", "_h", "_c", "_y", "_xshape", "_emb")
 
     def __init__(self, engine: Engine):
         p = engine._packed
         self._engine = engine
         self._ws, self._meta = p.ws, p.meta
         self._st = np.zeros(p.stream_len, np.float32)
+        self._addr = self._st.ctypes.data  # for Engine.step_many; the buffer lives as long as the Stream
         n_h = p.ncell * p.pmax
         self._h = self._st[:n_h].reshape(1, p.ncell, p.pmax)
         self._c = self._st[n_h:p.state_len].reshape(1, p.ncell, p.hmax)

@@ -9,8 +9,9 @@ from numba import prange
 
 from .config import kernel, parallel_kernel
 from .simd import (
-    GROUP, gemm32x1, gemm32x1_bf16, gemm32x3, gemm32x3_bf16, gemv64, gemv64_acc, gemv64_acc_bf16,
-    gemv64_bf16, gemv128, gemv128_acc, gemv128_acc_bf16, gemv128_bf16,
+    GROUP, gemm32x1, gemm32x1_acc, gemm32x1_acc_bf16, gemm32x1_bf16, gemm32x3, gemm32x3_acc,
+    gemm32x3_acc_bf16, gemm32x3_bf16, gemv64, gemv64_acc, gemv64_acc_bf16, gemv64_bf16, gemv128,
+    gemv128_acc, gemv128_acc_bf16, gemv128_bf16,
 )
 
 PAIR = 2 * GROUP  # gate rows per gemv64 call
@@ -104,26 +105,49 @@ def _matvec(w, r0, n, vec, out):
 
 
 @kernel
-def _gemm_panel(a, Wp, bias, bf16, out, r_begin, r_end):
-    """out[t, r] = bias[r] + a[t] . W[r] for r_begin <= r < r_end (multiples of GROUP)
-    and r < len(bias). a (T, I) frames, Wp the panel of W (., I) (bf16: bfloat16 bits),
-    out (T, >= r_end). Three frames share every panel load."""
+def _gemm3(bf16, acc, p, p_off, a, a_off, lda, K, out, o_off, ldo):
+    """out (+)= 32 panel rows . three frames of a (gemm32x3 and its variants)."""
+    if bf16:
+        if acc:
+            gemm32x3_acc_bf16(p, p_off, a, a_off, lda, K, out, o_off, ldo)
+        else:
+            gemm32x3_bf16(p, p_off, a, a_off, lda, K, out, o_off, ldo)
+    elif acc:
+        gemm32x3_acc(p, p_off, a, a_off, lda, K, out, o_off, ldo)
+    else:
+        gemm32x3(p, p_off, a, a_off, lda, K, out, o_off, ldo)
+
+
+@kernel
+def _gemm1(bf16, acc, p, p_off, a, a_off, lda, K, out, o_off, ldo):
+    """out (+)= 32 panel rows . one frame of a (gemm32x1 and its variants)."""
+    if bf16:
+        if acc:
+            gemm32x1_acc_bf16(p, p_off, a, a_off, lda, K, out, o_off, ldo)
+        else:
+            gemm32x1_bf16(p, p_off, a, a_off, lda, K, out, o_off, ldo)
+    elif acc:
+        gemm32x1_acc(p, p_off, a, a_off, lda, K, out, o_off, ldo)
+    else:
+        gemm32x1(p, p_off, a, a_off, lda, K, out, o_off, ldo)
+
+
+@kernel
+def _gemm_panel(a, Wp, bias, bf16, acc, out, r_begin, r_end):
+    """out[t, r] (+)= bias[r] + a[t] . W[r] for r_begin <= r < r_end (multiples of GROUP);
+    bias applies where r < len(bias) (pass it empty for none); acc adds to what out holds.
+    a (T, K) frames, Wp the panel of W (., K) (bf16: bfloat16 bits), out (T, >= r_end).
+    Three frames share every panel load."""
     T = a.shape[0]
-    I = a.shape[1]
+    K = a.shape[1]
     ld = out.shape[1]
     for r in range(r_begin, r_end, GROUP):
         t = 0
         while t + 3 <= T:
-            if bf16:
-                gemm32x3_bf16(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
-            else:
-                gemm32x3(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
+            _gemm3(bf16, acc, Wp, r * K, a, t * K, K, K, out, t * ld + r, ld)
             t += 3
         while t < T:
-            if bf16:
-                gemm32x1_bf16(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
-            else:
-                gemm32x1(Wp, r * I, a, t * I, I, I, out, t * ld + r, ld)
+            _gemm1(bf16, acc, Wp, r * K, a, t * K, K, K, out, t * ld + r, ld)
             t += 1
     for t in range(T):
         for r in range(r_begin, min(r_end, bias.shape[0])):
@@ -131,8 +155,9 @@ def _gemm_panel(a, Wp, bias, bf16, out, r_begin, r_end):
 
 
 @parallel_kernel
-def _gemm_panel_par(a, Wp, bias, bf16, out, nthreads):
+def _gemm_panel_par(a, Wp, bias, bf16, acc, out, nthreads):
     """_gemm_panel over all panel rows, split in nthreads runs of whole groups."""
     groups = out.shape[1] // GROUP
     for t in prange(nthreads):
-        _gemm_panel(a, Wp, bias, bf16, out, GROUP * (t * groups // nthreads), GROUP * ((t + 1) * groups // nthreads))
+        _gemm_panel(a, Wp, bias, bf16, acc, out, GROUP * (t * groups // nthreads),
+                    GROUP * ((t + 1) * groups // nthreads))

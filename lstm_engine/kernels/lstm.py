@@ -14,9 +14,10 @@ from .layout import (
     C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
     C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_ROWS, C_W, C_WIDE,
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
-    HD_BF16, HD_PMAX, HD_HMAX, HD_ST_FLIP, HD_ST_G, HD_ST_M, HD_ST_Y, HD_THREADS,
+    HD_BF16, HD_PMAX, HD_HMAX, HD_ST_FLIP, HD_ST_G, HD_ST_LEN, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
 from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec
+from .pointers import _f32_at
 from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
 
 OK = 0
@@ -50,16 +51,25 @@ def _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, u0, n, c, m, g):
     m    (H,)     receives o * h(c) of units u0..
     g    (4*BLOCK,) scratch for this block's gate values (4n rounded up to the kernel's rows)
     flip walks the block's row sets last to first (layout.py).
+    """
+    wide = (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1
+    _gates(W, x, R, h, 4 * u0, 4 * n, wide, bf16, flip, g)
+    _update_block(g[:4 * n], pre[4 * u0:4 * u0 + 4 * n], ws, cm, u0, n, c, m)
+
+
+@kernel
+def _update_block(gb, pb, ws, cm, u0, n, c, m):
+    """The pointwise update of hidden units u0 .. u0+n-1 of one cell.
+
+    gb (4n,)  their gate products W.x + R.h in block order i, o, f, c (clobbered)
+    pb (4n,)  what is added to them: the packed bias, or bias + W.x when gb holds R.h
+    c, m      as in _cell_block
     Peepholes are always there (zeros when the model has none) and clip always applies
     (float32 max when it has none): both exact, and they keep the loops branch-free.
     """
     H = cm[C_H]
     prm = ws[cm[C_PRM]:cm[C_PRM] + 7]
     bound = prm[6]
-    r0 = 4 * u0
-    gb = g[:4 * n]
-    _gates(W, x, R, h, r0, 4 * n, (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1, bf16, flip, g)
-    pb = pre[r0:r0 + 4 * n]
     pi = ws[cm[C_PEEP] + u0:cm[C_PEEP] + u0 + n]
     po = ws[cm[C_PEEP] + H + u0:cm[C_PEEP] + H + u0 + n]
     pf = ws[cm[C_PEEP] + 2 * H + u0:cm[C_PEEP] + 2 * H + u0 + n]
@@ -83,7 +93,7 @@ def _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, u0, n, c, m, g):
 
 @kernel
 def _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget):
-    """_cell_block's update for any activations: one loop per gate and activation.
+    """_update_block for any activations: one loop per gate and activation.
 
     gb (4n,) gate products in block order i, o, f, c; pb (4n,) bias or pre;
     pi, po, pf (n,) peepholes; cb (n,) cell state in/out; mb (n,) receives o * h(c).
@@ -208,6 +218,65 @@ def _step(x, ws, meta, st):
 
 
 @kernel
+def _step_many(x, ws, meta, addrs, y):
+    """One frame for each of N streams of a forward-only model, every weight read once
+    for all of them: W.x and R.h of the N streams are matrix products.
+
+    x (N, I0) frames; addrs (N,) addresses of the streams' buffers (Stream._st: layout.py),
+    all distinct; y (N, OUT) receives the outputs. Returns OK, or NONFINITE with every
+    stream untouched. Sums run in the same order as in _step, so each stream's output and
+    state are bit for bit what its own step would give.
+    """
+    N = x.shape[0]
+    for i in range(N):
+        for k in range(x.shape[1]):
+            if not np.isfinite(x[i, k]):
+                return NONFINITE
+    hd = meta[0]
+    ncell = hd[HD_NCELL]
+    pmax = hd[HD_PMAX]
+    hmax = hd[HD_HMAX]
+    nthreads = hd[HD_THREADS]
+    bf16 = hd[HD_BF16] == 1
+    nst = hd[HD_ST_LEN]
+    m = np.empty(hd[HD_HMAX], np.float32)
+    nobias = ws[:0]
+    xin = x
+    for cell in range(ncell):
+        cm = meta[1 + cell]
+        H = cm[C_H]
+        P = cm[C_P]
+        hs = np.empty((N, P), np.float32)
+        for i in range(N):
+            hs[i] = _f32_at(addrs[i], nst)[cell * pmax:cell * pmax + P]
+        gates = np.empty((N, cm[C_ROWS]), np.float32)
+        if nthreads > 1:
+            _gemm_panel_par(xin, _w(ws, cm), nobias, bf16, False, gates, nthreads)
+            _gemm_panel_par(hs, _r(ws, cm), nobias, bf16, True, gates, nthreads)
+        else:
+            _gemm_panel(xin, _w(ws, cm), nobias, bf16, False, gates, 0, gates.shape[1])
+            _gemm_panel(hs, _r(ws, cm), nobias, bf16, True, gates, 0, gates.shape[1])
+        b = ws[cm[C_B]:cm[C_B] + 4 * H]
+        for i in range(N):
+            st = _f32_at(addrs[i], nst)
+            c = st[ncell * pmax + cell * hmax:ncell * pmax + cell * hmax + H]
+            for u0 in range(0, H, hd[HD_BLOCK]):
+                n = min(hd[HD_BLOCK], H - u0)
+                _update_block(gates[i, 4 * u0:4 * u0 + 4 * n], b[4 * u0:4 * u0 + 4 * n], ws, cm, u0, n, c, m)
+            h = hs[i]  # becomes the new h, and the next cell's input
+            if cm[C_PROJ] >= 0:
+                _matvec(ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H), 0, P, m[:H], h)
+            else:
+                for j in range(H):
+                    h[j] = m[j]
+            st[cell * pmax:cell * pmax + P] = h
+        xin = hs
+    for i in range(N):
+        _head(ws, hd, xin[i], y[i])
+    return OK
+
+
+@kernel
 def _run(x, lengths, ws, meta, h, c, y):
     """Whole sequences, any direction: the offline run and the streaming chunk.
 
@@ -253,9 +322,9 @@ def _run(x, lengths, ws, meta, h, c, y):
                 bias = ws[cm[C_B]:cm[C_B] + 4 * H]
                 bf16 = hd[HD_BF16] == 1
                 if nthreads > 1:
-                    _gemm_panel_par(cur[:n], W, bias, bf16, pre, nthreads)
+                    _gemm_panel_par(cur[:n], W, bias, bf16, False, pre, nthreads)
                 else:
-                    _gemm_panel(cur[:n], W, bias, bf16, pre, 0, pre.shape[1])
+                    _gemm_panel(cur[:n], W, bias, bf16, False, pre, 0, pre.shape[1])
                 hs = hp[:P]
                 for j in range(P):
                     hs[j] = h[b, cell, j]

@@ -155,6 +155,8 @@ gemv128_acc = _panel_kernel(4, 1, accumulate=True)
 # 32 rows for three frames: each panel load feeds three FMAs (twelve accumulators)
 gemm32x3 = _panel_kernel(1, 3, accumulate=False)
 gemm32x1 = _panel_kernel(1, 1, accumulate=False)  # the frames left over from threes
+gemm32x3_acc = _panel_kernel(1, 3, accumulate=True)  # R.h of many streams onto their W.x
+gemm32x1_acc = _panel_kernel(1, 1, accumulate=True)
 # the same over bfloat16 panels: half the bytes streamed per weight
 gemv64_bf16 = _panel_kernel(2, 1, accumulate=False, bf16=True)
 gemv64_acc_bf16 = _panel_kernel(2, 1, accumulate=True, bf16=True)
@@ -162,3 +164,5 @@ gemv128_bf16 = _panel_kernel(4, 1, accumulate=False, bf16=True)
 gemv128_acc_bf16 = _panel_kernel(4, 1, accumulate=True, bf16=True)
 gemm32x3_bf16 = _panel_kernel(1, 3, accumulate=False, bf16=True)
 gemm32x1_bf16 = _panel_kernel(1, 1, accumulate=False, bf16=True)
+gemm32x3_acc_bf16 = _panel_kernel(1, 3, accumulate=True, bf16=True)
+gemm32x1_acc_bf16 = _panel_kernel(1, 1, accumulate=True, bf16=True)
