@@ -66,33 +66,59 @@ class _EngineSystem:
     name = ENGINE
 
     def __init__(self, model, precision, threads):
-        self._s = Engine(model, precision=precision, threads=threads).open_stream()
+        self._e = Engine(model, precision=precision, threads=threads)
+        self._s = self._e.open_stream()
         self.step, self.run = self._s.step, self._s.run
+        self._streams = []
+
+    def many(self, X):
+        """One frame for each of len(X) streams (Engine.step_many)."""
+        if len(self._streams) != len(X):
+            self._streams = [self._e.open_stream() for _ in range(len(X))]
+        return self._e.step_many(self._streams, X)
 
 
 class _OnnxState:
-    """Carries (h, c) between calls of an ONNX runtime like a Stream does."""
+    """Carries (h, c) between calls of an ONNX runtime like a Stream does, for one
+    stream, and for a batch of streams in `many`."""
 
     def __init__(self, model: Model):
         from converters import to_onnx
 
         self.proto = to_onnx(model, with_state=True)
+        self.model = model
         self.token = model.embedding is not None
-        self.state = {}
-        for li, layer in enumerate(model.layers):
-            self.state[f"h0_{li}"] = np.zeros((layer.num_directions, 1, layer.proj_size), np.float32)
-            self.state[f"c0_{li}"] = np.zeros((layer.num_directions, 1, layer.hidden_size), np.float32)
+        self.state = self._zeros(1)
+        self.batch_state = None
         self.outs = ["Y"] + [n for li in range(len(model.layers)) for n in (f"hn_{li}", f"cn_{li}")]
 
-    def feed(self, X):
-        feed = dict(self.state)
-        feed["X"] = np.asarray(X, np.int64 if self.token else np.float32)[:, None]
-        return feed
+    def _zeros(self, batch):
+        state = {}
+        for li, layer in enumerate(self.model.layers):
+            state[f"h0_{li}"] = np.zeros((layer.num_directions, batch, layer.proj_size), np.float32)
+            state[f"c0_{li}"] = np.zeros((layer.num_directions, batch, layer.hidden_size), np.float32)
+        return state
 
-    def keep(self, res):
+    def _call(self, state, X):
+        """X (T, B, ...) through the model from `state`, which is updated; returns Y (T, B, O)."""
+        feed = dict(state)
+        feed["X"] = np.asarray(X, np.int64 if self.token else np.float32)
+        res = self._infer(feed)
         for k, name in enumerate(self.outs[1:]):
-            self.state[name.replace("n_", "0_")] = res[1 + k]
-        return res[0][:, 0]
+            state[name.replace("n_", "0_")] = res[1 + k]
+        return res[0]
+
+    def run(self, X):
+        return self._call(self.state, np.asarray(X)[:, None])[:, 0]
+
+    def step(self, x):
+        return self.run(np.asarray(x)[None])[0]
+
+    def many(self, X):
+        """One frame for each of len(X) streams: one batched call."""
+        if self.batch_state is None or len(self.batch_state["c0_0"][0]) != len(X):
+            self.batch_state = self._zeros(len(X))
+        return self._call(self.batch_state, np.asarray(X)[None])[0]
 
 
 class _OrtSystem(_OnnxState):
@@ -107,11 +133,8 @@ class _OrtSystem(_OnnxState):
         so.inter_op_num_threads = 1
         self._s = ort.InferenceSession(self.proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
-    def run(self, X):
-        return self.keep(self._s.run(self.outs, self.feed(X)))
-
-    def step(self, x):
-        return self.run(np.asarray(x)[None])[0]
+    def _infer(self, feed):
+        return self._s.run(self.outs, feed)
 
 
 class _OpenVinoSystem(_OnnxState):
@@ -127,12 +150,9 @@ class _OpenVinoSystem(_OnnxState):
         self._req = compiled.create_infer_request()
         self._ports = [compiled.output(n) for n in self.outs]
 
-    def run(self, X):
-        r = self._req.infer(self.feed(X))
-        return self.keep([r[p] for p in self._ports])
-
-    def step(self, x):
-        return self.run(np.asarray(x)[None])[0]
+    def _infer(self, feed):
+        r = self._req.infer(feed)
+        return [r[p] for p in self._ports]
 
 
 class _TorchSystem:
@@ -162,34 +182,48 @@ class _TorchSystem:
                 m.bias_hh_l0.zero_()
                 if d.proj is not None:
                     m.weight_hr_l0.copy_(torch.from_numpy(d.proj))
-            self._layers.append([m.eval(), torch.zeros(1, 1, layer.proj_size), torch.zeros(1, 1, H)])
+            self._layers.append(m.eval())
+        self._state = self._zeros(1)
+        self._batch_state = None
         self._emb = None if model.embedding is None else torch.from_numpy(model.embedding.weight)
         self._head = None
         if model.head is not None:
             self._head = (torch.from_numpy(model.head.weight),
                           None if model.head.bias is None else torch.from_numpy(model.head.bias), model.head.activation)
 
-    def run(self, X):
+    def _zeros(self, batch):
+        return [(self._torch.zeros(1, batch, m.proj_size or m.hidden_size), self._torch.zeros(1, batch, m.hidden_size))
+                for m in self._layers]
+
+    def _call(self, state, X):
+        """X (T, B, ...) through the model from `state` (a list, updated); returns Y (T, B, O)."""
         torch = self._torch
         with torch.inference_mode():
             x = self._emb[torch.as_tensor(np.asarray(X, np.int64))] if self._emb is not None else torch.from_numpy(np.asarray(X))
-            x = x[:, None]
-            for entry in self._layers:
-                x, (entry[1], entry[2]) = entry[0](x, (entry[1], entry[2]))
-            y = x[:, 0]
+            for k, m in enumerate(self._layers):
+                x, state[k] = m(x, state[k])
             if self._head is not None:
                 w, b, act = self._head
-                y = torch.nn.functional.linear(y, w, b)
+                x = torch.nn.functional.linear(x, w, b)
                 if act == "Softmax":
-                    y = torch.softmax(y, -1)
+                    x = torch.softmax(x, -1)
                 elif act == "LogSoftmax":
-                    y = torch.log_softmax(y, -1)
+                    x = torch.log_softmax(x, -1)
                 elif act is not None:
-                    y = getattr(torch, act.lower())(y)
-            return y.numpy()
+                    x = getattr(torch, act.lower())(x)
+            return x.numpy()
+
+    def run(self, X):
+        return self._call(self._state, np.asarray(X)[:, None])[:, 0]
 
     def step(self, x):
         return self.run(np.asarray(x)[None])[0]
+
+    def many(self, X):
+        """One frame for each of len(X) streams: one batched call."""
+        if self._batch_state is None or self._batch_state[0][1].shape[1] != len(X):
+            self._batch_state = self._zeros(len(X))
+        return self._call(self._batch_state, np.asarray(X)[None])[0]
 
 
 _PEER_CLASSES = {"ort": _OrtSystem, "torch": _TorchSystem, "openvino": _OpenVinoSystem}
@@ -252,17 +286,23 @@ def _weight_bytes(model, precision="fp32") -> int:
 
 
 def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, precision="fp32",
-            threads: int = 1, progress=None) -> dict:
-    """Step and chunk latencies of the engine and its peers on `model`."""
+            threads: int = 1, progress=None, streams: int = 0) -> dict:
+    """Step and chunk latencies of the engine and its peers on `model`; with streams=N
+    also one frame for each of N streams (Engine.step_many; the peers' batch-N call)."""
     rng = np.random.default_rng(1)
     x, X = _inputs(model, chunk, rng)
     systems_ = systems(model, against, precision, threads, progress)
-    first = {s.name: np.asarray(s.step(x), np.float64) for s in systems_}  # all from zero state
     agree = {"fp32": 1e-3, "bf16": 5e-2}.get(precision, 1e-3)  # bf16 rounds the weights
-    for name, y in first.items():  # timing a peer is only fair if it computes the same thing
-        diff = float(np.abs(y - first[ENGINE]).max())
-        if diff > agree and progress:
-            progress(f"warning: {name} disagrees with {ENGINE} by {diff:.2g}: its timings are not comparable")
+
+    def check(what, call):  # timing a peer is only fair if it computes the same thing
+        first = {s.name: np.asarray(call(s), np.float64) for s in systems_}  # all from zero state
+        for name, y in first.items():
+            diff = float(np.abs(y - first[ENGINE]).max())
+            if diff > agree and progress:
+                progress(f"warning: {name} disagrees with {ENGINE} by {diff:.2g} ({what}): "
+                         "its timings are not comparable")
+
+    check("step", lambda s: s.step(x))
     est_step, est_run = {}, {}
     for s in systems_:  # warm-up outside the timings (compilation, caches, allocators)
         for _ in range(5):
@@ -282,6 +322,20 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
     for r in run.values():
         for key in ("median_us", "p99_us", "iqr_us"):
             r[key] /= chunk
+    many = None
+    if streams and model.streamable:
+        Xm = _inputs(model, streams, rng)[1]
+        check(f"{streams} streams", lambda s: s.many(Xm))
+        est_many = {}
+        for s in systems_:
+            t0 = time.perf_counter()
+            s.many(Xm)
+            est_many[s.name] = time.perf_counter() - t0
+        many = _interleaved({s.name: (lambda s=s: s.many(Xm)) for s in systems_},
+                            max(3, steps // 20), 5, est_many)
+        for r in many.values():
+            for key in ("median_us", "p99_us", "iqr_us"):
+                r[key] /= streams
     blas = None  # the bare gate product [W R] @ [x; h] of the same weights: the cost of reading them
     if len(model.layers) == 1 and model.layers[0].num_directions == 1:
         from threadpoolctl import threadpool_limits
@@ -295,7 +349,7 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
     return {"name": f"H={layer.hidden_size}", "hidden": layer.hidden_size, "input": model.input_size,
             "layers": len(model.layers), "precision": precision, "threads": threads,
             "weight_bytes": _weight_bytes(model, precision), "chunk": chunk,
-            "step": step, "run": run, "blas_gemv": blas}
+            "step": step, "run": run, "blas_gemv": blas, "streams": streams if many else 0, "many": many}
 
 
 # ---- presentation ---------------------------------------------------------------------
@@ -327,6 +381,19 @@ def report(results: list, info: dict) -> str:
     lines += ["", "lstm-engine column: how much faster (or slower) lstm-engine is than that peer, from medians",
               "measured side by side in this run. GB/s: weight bytes read per step / step time; numpy BLAS",
               "is the bare gate product on the same weights, the cost of reading them once."]
+    many = [r for r in results if r.get("many")]
+    if many:
+        hdr = f"{'model':>8} {'system':<12} {'streams':>8} {'µs/stream p50':>14} {'p99':>9} {'lstm-engine':>12}"
+        lines += ["", hdr, "-" * len(hdr)]
+        for r in many:
+            eng = r["many"][ENGINE]
+            for name, m in r["many"].items():
+                up = "" if name == ENGINE else _versus(m["median_us"], eng["median_us"])
+                lines.append(f"{r['name']:>8} {name:<12} {r['streams']:>8} {m['median_us']:>14.2f} "
+                             f"{m['p99_us']:>9.2f} {up:>12}")
+                noisy += [f"{r['name']} {name} streams"] if m["iqr_us"] > NOISY * m["median_us"] else []
+        lines += ["", "streams: one frame for each of N streams per call: Engine.step_many, and each peer's",
+                  "batch-N call with its state carried."]
     if noisy:
         lines.append(f"warning: interquartile spread above {NOISY:.0%} of the median for {', '.join(noisy[:4])}"
                      f"{' ...' if len(noisy) > 4 else ''}: the machine was busy, those figures are less trustworthy")

@@ -58,6 +58,8 @@ def _bench(args) -> int:
     bad = [a for a in against if a not in bench.PEERS]
     if bad:
         raise ValueError(f"--against: unknown peer(s) {bad}; choose from {','.join(bench.PEERS)}")
+    if args.streams < 0:
+        raise ValueError(f"--streams: expected a number of streams >= 0, got {args.streams}")
     info = bench.machine_info()
     if args.model:
         models = [(args.model, _load_any(args.model))]
@@ -67,7 +69,8 @@ def _bench(args) -> int:
     for label, model in models:
         _progress(f"benchmarking {label} ...")
         r = bench.measure(model, steps=args.steps, chunk=args.chunk, against=against,
-                          precision=args.precision, threads=args.threads, progress=_progress)
+                          precision=args.precision, threads=args.threads, progress=_progress,
+                          streams=args.streams)
         if args.model:
             r["name"] = "model"
         results.append(r)
@@ -203,6 +206,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--chunk", type=int, default=100, help="frames per chunked run (T)")
     b.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
     b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--streams", type=int, default=0, metavar="N",
+                   help="also time one frame for each of N streams per call (Engine.step_many vs batch N)")
     b.add_argument("--model", help="bench this model file instead of the default sizes")
     b.add_argument("--against", default="ort,torch,openvino", help="peers, comma-separated (ort,torch,openvino)")
     b.add_argument("--json", help="write results as JSON (pytest-benchmark style keys)")

@@ -143,13 +143,16 @@ class Engine:
         except TypeError:
             raise TypeError(f"streams: expected a sequence of Streams, got {type(streams).__name__}") from None
         N = len(streams)
-        for i, s in enumerate(streams):
-            if not isinstance(s, Stream) or s._engine is not self:
-                raise ValueError(f"streams[{i}]: not a Stream opened on this engine "
-                                 "(open_stream or restore on it)")
-        addrs = np.array([s._addr for s in streams], np.int64)
-        if len(set(addrs.tolist())) != N:
+        try:  # the common case in one pass; a failure is located below
+            addrs = [s._addr for s in streams if s._engine is self]
+        except AttributeError:
+            addrs = []
+        if len(addrs) != N:
+            i = next(i for i, s in enumerate(streams) if not isinstance(s, Stream) or s._engine is not self)
+            raise ValueError(f"streams[{i}]: not a Stream opened on this engine (open_stream or restore on it)")
+        if len(set(addrs)) != N:
             raise ValueError("streams: a stream appears more than once (it would step twice at once)")
+        addrs = np.array(addrs, np.int64)
         m = self.model
         if m.embedding is not None:
             if np.ndim(X) != 1:

@@ -143,7 +143,7 @@ def test_damaged_model_exit_2_and_debug_traceback(tmp_path, capsys):
 
 def test_bench_structure(tmp_path, capsys):
     argv = ["bench", "--hidden", "8", "16", "--steps", "40", "--chunk", "5", "--against", "ort,torch,openvino",
-            "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")]
+            "--streams", "3", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")]
     assert main(argv) == 0
     cap = capsys.readouterr()
     data = json.loads((tmp_path / "b.json").read_text())
@@ -152,7 +152,8 @@ def test_bench_structure(tmp_path, capsys):
     assert [b["hidden"] for b in data["benchmarks"]] == [8, 16]
     for b in data["benchmarks"]:
         assert "lstm-engine" in b["step"] and "onnxruntime" in b["step"] and b["chunk"] == 5
-        for stats in list(b["step"].values()) + list(b["run"].values()):
+        assert b["streams"] == 3 and set(b["many"]) == set(b["step"])
+        for stats in list(b["step"].values()) + list(b["run"].values()) + list(b["many"].values()):
             assert stats["median_us"] > 0 and stats["p99_us"] >= stats["median_us"]
     for name in ("lstm-engine", "onnxruntime", "numpy BLAS"):
         assert name in cap.out
@@ -168,9 +169,10 @@ def test_bench_structure(tmp_path, capsys):
 def test_bench_a_model_file(rng, tmp_path, capsys):
     make_model(rng, 6, (8,), vocab=20, head=20, head_act="Softmax").save(tmp_path / "m.lstm")
     assert main(["bench", "--model", str(tmp_path / "m.lstm"), "--steps", "20", "--chunk", "4",
-                 "--against", "ort,torch"]) == 0
-    out = capsys.readouterr().out
-    assert "model lstm-engine" in " ".join(out.split()) and "onnxruntime" in out
+                 "--against", "ort,torch", "--streams", "2"]) == 0
+    cap = capsys.readouterr()
+    assert "model lstm-engine" in " ".join(cap.out.split()) and "onnxruntime" in cap.out
+    assert "model lstm-engine 2" in " ".join(cap.out.split()) and "disagrees" not in cap.err
 
 
 def test_bench_bf16(tmp_path, capsys):
