@@ -1,9 +1,9 @@
-"""bf16 vs fp32 on trained weights (DESIGN §6): python benchmarks/precision_error.py
+"""bf16 and int8 vs fp32 on trained weights (DESIGN §6): python benchmarks/precision_error.py
 
 Trains a small character-level LSTM (embedding, 2 x LSTM, linear + log-softmax) with
 PyTorch on this repository's own Python source (fixed seed, a minute on 2 cores), then
-streams held-out text through the engine in fp32 and bf16 and reports how far apart
-the outputs are. Needs torch.
+streams held-out text through the engine in fp32, bf16 and int8 and reports how far
+apart the outputs are. Needs torch.
 """
 import glob
 import os
@@ -50,17 +50,18 @@ print(f"trained 400 steps in {time.time() - t0:.0f} s, final train loss {loss.it
 model = from_torch(net.state_dict(), prefix="rnn", embedding="emb", head="out", head_activation="LogSoftmax")
 held = ids[split:split + 2000].numpy()
 outs = {}
-for precision in ("fp32", "bf16"):
+for precision in ("fp32", "bf16", "int8"):
     s = le.Engine(model, precision=precision).open_stream()
     outs[precision] = np.stack([s.step(int(t)) for t in held])
 with torch.no_grad():
     ref = net(torch.from_numpy(held)[:, None])[:, 0].numpy()
-lp32, lp16 = outs["fp32"], outs["bf16"]
-p32, p16 = np.exp(lp32), np.exp(lp16)
+lp32 = outs["fp32"]
 nll = lambda lp: -lp[np.arange(len(held) - 1), held[1:]].mean()  # noqa: E731
 print(f"{len(held)} held-out characters streamed step by step (H={H}, 2 layers, vocab {V})")
 print(f"fp32 vs torch:  max |log-prob| diff {np.abs(lp32 - ref).max():.2e}")
-print(f"bf16 vs fp32:   max |log-prob| diff {np.abs(lp16 - lp32).max():.2e}, "
-      f"max |prob| diff {np.abs(p16 - p32).max():.2e}, "
-      f"argmax agrees {np.mean(lp16.argmax(1) == lp32.argmax(1)):.2%}, "
-      f"held-out loss {nll(lp32):.4f} -> {nll(lp16):.4f} nats/char")
+for precision in ("bf16", "int8"):
+    lp = outs[precision]
+    print(f"{precision} vs fp32:   max |log-prob| diff {np.abs(lp - lp32).max():.2e}, "
+          f"max |prob| diff {np.abs(np.exp(lp) - np.exp(lp32)).max():.2e}, "
+          f"argmax agrees {np.mean(lp.argmax(1) == lp32.argmax(1)):.2%}, "
+          f"held-out loss {nll(lp32):.4f} -> {nll(lp):.4f} nats/char")

@@ -1,6 +1,8 @@
 """Canonical `Model` weights -> the flat buffers the kernels read.
 
 `ws` (float32, 1-D) holds every weight; each section starts on a 64-byte boundary.
+The W and R panels sit in it in the engine's precision; `wp` views ws as their dtype
+(float32, uint16 for bf16, int8), and their offsets count its elements.
 `meta` (int64, (1 + cells, fields)) says where each section is and what the cell does;
 field names and the gate-row order live in kernels/layout.py.
 """
@@ -10,7 +12,7 @@ import numpy as np
 
 from .kernels import layout as L
 from .kernels.linalg import PAIR, QUAD
-from .kernels.simd import GROUP
+from .kernels.simd import BF16, F32, GROUP, I8
 from .kernels.pointwise import (
     HEAD_LOGSOFTMAX, HEAD_NONE, HEAD_RELU, HEAD_SIGMOID, HEAD_SOFTMAX, HEAD_TANH,
 )
@@ -19,11 +21,14 @@ _HEAD_CODES = {None: HEAD_NONE, "Softmax": HEAD_SOFTMAX, "LogSoftmax": HEAD_LOGS
                "Sigmoid": HEAD_SIGMOID, "Tanh": HEAD_TANH, "Relu": HEAD_RELU}
 _ALIGN = 16  # floats per 64 bytes
 WIDE_BYTES = 16 << 20  # weights read per product above this (half this machine's L3) come from memory
+PRECISIONS = {"fp32": F32, "bf16": BF16, "int8": I8}  # name -> dtype of the panels (simd.py)
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
 class Packed:
     ws: np.ndarray  # (n,) float32: every weight of the model
+    wp: np.ndarray  # ws viewed as the W and R panels' dtype (simd.py)
     meta: np.ndarray  # (1 + cells, C_FIELDS) int64
     ncell: int
     pmax: int  # row stride of h in state arrays
@@ -87,15 +92,48 @@ def round_bf16(a: np.ndarray) -> np.ndarray:
     return (bf16_bits(a).astype(np.uint32) << 16).view(np.float32).reshape(np.shape(a))
 
 
+def quantize_rows(a: np.ndarray):
+    """(R, K) float32 -> int8 q (R, K) and float32 scales (R,) with a[r] ~ q[r] * scale[r]:
+    symmetric, per row, round to nearest even; a row of zeros gets scale 0."""
+    a = np.asarray(a, np.float32)
+    scale = (np.abs(a).max(axis=1, initial=0.0) / np.float32(127)).astype(np.float32)
+    q = np.rint(a / np.where(scale > 0, scale, 1)[:, None])
+    return np.clip(q, -127, 127).astype(np.int8), scale
+
+
+def round_int8(a: np.ndarray) -> np.ndarray:
+    """float32 rows as an int8 engine represents them: q * scale per row."""
+    q, scale = quantize_rows(a)
+    return q.astype(np.float32) * scale[:, None]
+
+
+def int8_panel(a: np.ndarray, Rp: int) -> np.ndarray:
+    """(R, K) rows -> the int8 panel layout of kernels/simd.py, as float32 slots: each
+    group of GROUP rows holds its int8 weights k-major, then its GROUP float32 scales."""
+    q, scale = quantize_rows(a)
+    R, K = a.shape
+    G = Rp // GROUP
+    qp = np.zeros((Rp, K), np.int8)
+    qp[:R] = q
+    sp = np.zeros(Rp, np.float32)
+    sp[:R] = scale
+    body = qp.reshape(G, GROUP, K).transpose(0, 2, 1).reshape(G, GROUP * K)
+    groups = np.concatenate([body, sp.reshape(G, GROUP).view(np.int8)], axis=1)
+    return np.ascontiguousarray(groups).ravel().view(np.float32)  # GROUP * (K + 4) bytes a group
+
+
 def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
-    """Pack a validated Model; `threads` split each cell's blocks; with precision "bf16"
-    the W and R panels hold bfloat16 bits (everything else stays float32)."""
-    bf16 = precision == "bf16"
-    wbytes = 2 if bf16 else 4
+    """Pack a validated Model; `threads` split each cell's blocks; precision "bf16" or
+    "int8" stores the W and R panels that way (everything else stays float32)."""
+    prec = PRECISIONS[precision]
+    wbytes = WEIGHT_BYTES[precision]
+    per_slot = 4 // wbytes  # panel elements per float32 slot of ws
 
     def panel(a, rows):
+        if prec == I8:
+            return int8_panel(a, rows)
         p = to_panel(a, rows)
-        if not bf16:
+        if prec == F32:
             return p
         bits = bf16_bits(p)
         if bits.size % 2:
@@ -105,7 +143,6 @@ def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
     cells = list(model.cells())
     meta = np.zeros((1 + len(cells), max(L.HD_FIELDS, L.C_FIELDS)), np.int64)
     meta[0, L.HD_THREADS] = threads
-    meta[0, L.HD_BF16] = int(bf16)
     pmax = max(layer.proj_size for _, _, layer, _ in cells)
     hmax = max(layer.hidden_size for _, _, layer, _ in cells)
     for k, (li, rev, layer, d) in enumerate(cells):
@@ -116,8 +153,8 @@ def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
         cm[L.C_I], cm[L.C_H], cm[L.C_P] = I, H, P
         wide = int((d.W.size + d.R.size) * wbytes > WIDE_BYTES) | int(d.R.size * wbytes > WIDE_BYTES) << 1
         rows = -(-4 * H // (QUAD if wide else PAIR)) * (QUAD if wide else PAIR)
-        cm[L.C_W] = buf.add(panel(d.W[perm], rows))
-        cm[L.C_R] = buf.add(panel(d.R[perm], rows))
+        cm[L.C_W] = buf.add(panel(d.W[perm], rows)) * per_slot
+        cm[L.C_R] = buf.add(panel(d.R[perm], rows)) * per_slot
         cm[L.C_ROWS], cm[L.C_WIDE] = rows, wide
         cm[L.C_B] = buf.add(d.b[perm])
         cm[L.C_PEEP] = buf.add(np.zeros(3 * H, np.float32) if d.peepholes is None else d.peepholes)
@@ -146,4 +183,5 @@ def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
     hd[L.HD_ST_Y] = hd[L.HD_ST_M] + hmax
     hd[L.HD_ST_FLIP] = hd[L.HD_ST_Y] + model.output_size
     hd[L.HD_ST_LEN] = hd[L.HD_ST_FLIP] + 1
-    return Packed(buf.array(), meta, len(cells), pmax, hmax)
+    ws = buf.array()
+    return Packed(ws, ws.view(prec), meta, len(cells), pmax, hmax)

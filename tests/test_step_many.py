@@ -10,7 +10,7 @@ def states(streams):
     return [s.snapshot() for s in streams]
 
 
-@pytest.mark.parametrize("precision,threads", [("fp32", 1), ("fp32", 2), ("bf16", 1)])
+@pytest.mark.parametrize("precision,threads", [("fp32", 1), ("fp32", 2), ("bf16", 1), ("int8", 2)])
 def test_equals_separate_steps_bit_for_bit(rng, precision, threads):
     # stacked, peepholes, a projection, clip and a head: every part of a step
     model = make_model(rng, 24, (150, 70), proj=[None, 40], peep=True, clip=[None, 3.0], head=5,

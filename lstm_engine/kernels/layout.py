@@ -36,9 +36,8 @@ HD_ST_G = 12  # streaming buffer, after the state: g, one block's gate values pe
 HD_ST_M = 13  # offset of m, o * h(c) before projection (HMAX)
 HD_ST_Y = 14  # offset of y, the output (OUT)
 HD_ST_LEN = 15  # total length of a streaming buffer
-HD_BF16 = 16  # 1 when the W and R panels hold bfloat16 bits (two per float32 slot of ws)
-HD_ST_FLIP = 17  # offset of one float, nonzero when the next step walks its weights backwards
-HD_FIELDS = 18
+HD_ST_FLIP = 16  # offset of one float, nonzero when the next step walks its weights backwards
+HD_FIELDS = 17
 
 # cell rows
 C_LAYER = 0
@@ -46,8 +45,8 @@ C_REV = 1  # 1 for the reverse direction
 C_I = 2  # input width
 C_H = 3  # hidden units (size of c)
 C_P = 4  # size of h: proj_size, or H
-C_W = 5  # offset of the packed W rows, (4H, I)
-C_R = 6  # offset of the packed R rows, (4H, P): dense, so a chunk's recurrence streams it whole
+C_W = 5  # offset of the W panel (4H, I) in Packed.wp (elements of the panels' dtype)
+C_R = 6  # offset of the R panel (4H, P) in Packed.wp: dense, so a chunk's recurrence streams it whole
 C_B = 7  # offset of the packed bias Wb + Rb, (4H,)
 C_PEEP = 8  # offset of the peepholes (3H,) in order i, o, f (unit order); zeros when none
 C_PROJ = 9  # offset of the projection (P, H), or -1

@@ -9,9 +9,7 @@ from numba import prange
 
 from .config import kernel, parallel_kernel
 from .simd import (
-    GROUP, gemm32x1, gemm32x1_acc, gemm32x1_acc_bf16, gemm32x1_bf16, gemm32x3, gemm32x3_acc,
-    gemm32x3_acc_bf16, gemm32x3_bf16, gemv64, gemv64_acc, gemv64_acc_bf16, gemv64_bf16, gemv128,
-    gemv128_acc, gemv128_acc_bf16, gemv128_bf16,
+    GROUP, I8_EXTRA, gemm32x1, gemm32x1_acc, gemm32x3, gemm32x3_acc, gemv64, gemv64_acc, gemv128, gemv128_acc,
 )
 
 PAIR = 2 * GROUP  # gate rows per gemv64 call
@@ -19,39 +17,16 @@ QUAD = 4 * GROUP  # gate rows per gemv128 call, for weights that come from memor
 
 
 @kernel
-def _gemv(wide, bf16, acc, p, p_off, x, out, o):
-    """out[o + i] (+)= panel row p_off/K + i . x for the QUAD (wide) or PAIR rows from
-    element p_off of panel p (float32 or bf16 bits); acc adds to what out holds.
-
-    A table of compile-time kernels: passing acc into one kernel at run time instead
-    measured 7% slower per block at H=64 (LLVM no longer drops the unused loads)."""
-    K = x.shape[0]
-    if bf16:
-        if wide:
-            if acc:
-                gemv128_acc_bf16(p, p_off, x, 0, 0, K, out, o, 0)
-            else:
-                gemv128_bf16(p, p_off, x, 0, 0, K, out, o, 0)
-        elif acc:
-            gemv64_acc_bf16(p, p_off, x, 0, 0, K, out, o, 0)
-        else:
-            gemv64_bf16(p, p_off, x, 0, 0, K, out, o, 0)
-    elif wide:
-        if acc:
-            gemv128_acc(p, p_off, x, 0, 0, K, out, o, 0)
-        else:
-            gemv128(p, p_off, x, 0, 0, K, out, o, 0)
-    elif acc:
-        gemv64_acc(p, p_off, x, 0, 0, K, out, o, 0)
-    else:
-        gemv64(p, p_off, x, 0, 0, K, out, o, 0)
+def _offset(r, K, p):
+    """Element offset of the group holding row r in panel p of K columns (simd.panel_offset)."""
+    return r * (K + I8_EXTRA) if p.itemsize == 1 else r * K
 
 
 @kernel
-def _gates(Wp, x, Rp, h, r0, n, wide, bf16, flip, out):
+def _gates(Wp, x, Rp, h, r0, n, wide, flip, out):
     """out[j] = W[r0 + j] . x + R[r0 + j] . h for j < n, rounded up to the kernel's row
     set (QUAD when wide, else PAIR; out must have room). Wp, Rp: panels of W (., I) and
-    R (., P) padded to that row set, float32 or (bf16) bfloat16 bits; x may be empty
+    R (., P) padded to that row set, in any of simd.py's precisions; x may be empty
     when W.x is already in pre. flip walks the row sets last to first (layout.py)."""
     I = x.shape[0]
     P = h.shape[0]
@@ -59,9 +34,19 @@ def _gates(Wp, x, Rp, h, r0, n, wide, bf16, flip, out):
     nset = (n + step - 1) // step
     for q in range(nset):
         r = r0 + step * (nset - 1 - q if flip else q)
-        if I > 0:
-            _gemv(wide, bf16, False, Wp, r * I, x, out, r - r0)
-        _gemv(wide, bf16, I > 0, Rp, r * P, h, out, r - r0)
+        w_off = _offset(r, I, Wp)
+        r_off = _offset(r, P, Rp)
+        if wide:
+            if I > 0:
+                gemv128(Wp, w_off, x, 0, 0, I, out, r - r0, 0)
+                gemv128_acc(Rp, r_off, h, 0, 0, P, out, r - r0, 0)
+            else:
+                gemv128(Rp, r_off, h, 0, 0, P, out, r - r0, 0)
+        elif I > 0:
+            gemv64(Wp, w_off, x, 0, 0, I, out, r - r0, 0)
+            gemv64_acc(Rp, r_off, h, 0, 0, P, out, r - r0, 0)
+        else:
+            gemv64(Rp, r_off, h, 0, 0, P, out, r - r0, 0)
 
 
 @kernel
@@ -105,49 +90,28 @@ def _matvec(w, r0, n, vec, out):
 
 
 @kernel
-def _gemm3(bf16, acc, p, p_off, a, a_off, lda, K, out, o_off, ldo):
-    """out (+)= 32 panel rows . three frames of a (gemm32x3 and its variants)."""
-    if bf16:
-        if acc:
-            gemm32x3_acc_bf16(p, p_off, a, a_off, lda, K, out, o_off, ldo)
-        else:
-            gemm32x3_bf16(p, p_off, a, a_off, lda, K, out, o_off, ldo)
-    elif acc:
-        gemm32x3_acc(p, p_off, a, a_off, lda, K, out, o_off, ldo)
-    else:
-        gemm32x3(p, p_off, a, a_off, lda, K, out, o_off, ldo)
-
-
-@kernel
-def _gemm1(bf16, acc, p, p_off, a, a_off, lda, K, out, o_off, ldo):
-    """out (+)= 32 panel rows . one frame of a (gemm32x1 and its variants)."""
-    if bf16:
-        if acc:
-            gemm32x1_acc_bf16(p, p_off, a, a_off, lda, K, out, o_off, ldo)
-        else:
-            gemm32x1_bf16(p, p_off, a, a_off, lda, K, out, o_off, ldo)
-    elif acc:
-        gemm32x1_acc(p, p_off, a, a_off, lda, K, out, o_off, ldo)
-    else:
-        gemm32x1(p, p_off, a, a_off, lda, K, out, o_off, ldo)
-
-
-@kernel
-def _gemm_panel(a, Wp, bias, bf16, acc, out, r_begin, r_end):
+def _gemm_panel(a, Wp, bias, acc, out, r_begin, r_end):
     """out[t, r] (+)= bias[r] + a[t] . W[r] for r_begin <= r < r_end (multiples of GROUP);
     bias applies where r < len(bias) (pass it empty for none); acc adds to what out holds.
-    a (T, K) frames, Wp the panel of W (., K) (bf16: bfloat16 bits), out (T, >= r_end).
-    Three frames share every panel load."""
+    a (T, K) frames, Wp the panel of W (., K) in any of simd.py's precisions,
+    out (T, >= r_end). Three frames share every panel load."""
     T = a.shape[0]
     K = a.shape[1]
     ld = out.shape[1]
     for r in range(r_begin, r_end, GROUP):
+        po = _offset(r, K, Wp)
         t = 0
         while t + 3 <= T:
-            _gemm3(bf16, acc, Wp, r * K, a, t * K, K, K, out, t * ld + r, ld)
+            if acc:
+                gemm32x3_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
+            else:
+                gemm32x3(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
             t += 3
         while t < T:
-            _gemm1(bf16, acc, Wp, r * K, a, t * K, K, K, out, t * ld + r, ld)
+            if acc:
+                gemm32x1_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
+            else:
+                gemm32x1(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
             t += 1
     for t in range(T):
         for r in range(r_begin, min(r_end, bias.shape[0])):
@@ -155,9 +119,9 @@ def _gemm_panel(a, Wp, bias, bf16, acc, out, r_begin, r_end):
 
 
 @parallel_kernel
-def _gemm_panel_par(a, Wp, bias, bf16, acc, out, nthreads):
+def _gemm_panel_par(a, Wp, bias, acc, out, nthreads):
     """_gemm_panel over all panel rows, split in nthreads runs of whole groups."""
     groups = out.shape[1] // GROUP
     for t in prange(nthreads):
-        _gemm_panel(a, Wp, bias, bf16, acc, out, GROUP * (t * groups // nthreads),
+        _gemm_panel(a, Wp, bias, acc, out, GROUP * (t * groups // nthreads),
                     GROUP * ((t + 1) * groups // nthreads))

@@ -11,10 +11,10 @@ from numba import prange
 
 from .config import kernel, parallel_kernel
 from .layout import (
-    C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_I, C_IFORGET, C_LAYER, C_P,
+    C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_IFORGET, C_LAYER, C_P,
     C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_ROWS, C_W, C_WIDE,
     HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
-    HD_BF16, HD_PMAX, HD_HMAX, HD_ST_FLIP, HD_ST_G, HD_ST_LEN, HD_ST_M, HD_ST_Y, HD_THREADS,
+    HD_PMAX, HD_HMAX, HD_ST_FLIP, HD_ST_G, HD_ST_LEN, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
 from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec
 from .pointers import _f32_at
@@ -26,24 +26,24 @@ BADSHAPE = 2  # a streaming frame is not as wide as the model's input; nothing w
 
 
 @kernel
-def _w(ws, cm):
-    """A view starting at the panel of a cell's W (C_ROWS rows of I); the gate kernels
-    read only where it starts, so it may run past a bf16 panel."""
-    return ws[cm[C_W]:cm[C_W] + cm[C_ROWS] * cm[C_I]]
+def _w(wp, cm):
+    """The panel of a cell's W (C_ROWS rows of I) in wp, the weights viewed as the panels'
+    dtype (packing.Packed.wp); it runs to the end of wp: the kernels read only their rows."""
+    return wp[cm[C_W]:]
 
 
 @kernel
-def _r(ws, cm):
-    """A view starting at the panel of a cell's R (C_ROWS rows of P); see _w."""
-    return ws[cm[C_R]:cm[C_R] + cm[C_ROWS] * cm[C_P]]
+def _r(wp, cm):
+    """The panel of a cell's R (C_ROWS rows of P); see _w."""
+    return wp[cm[C_R]:]
 
 
 @kernel
-def _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, u0, n, c, m, g):
+def _cell_block(W, x, R, h, pre, ws, cm, flip, u0, n, c, m, g):
     """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
-    W, R      panels of the packed W (4H, I) and R (4H, P) rows (layout.py, simd.py),
-              float32 or, with bf16, bfloat16 bits
+    W, R      panels of the packed W (4H, I) and R (4H, P) rows (layout.py), in any
+              of simd.py's precisions
     x    (I,) the frame, or empty when W.x is already in pre
     h    (P,) h of the previous step
     pre  (4H,)    packed bias, or packed bias + W.x of this frame
@@ -53,7 +53,7 @@ def _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, u0, n, c, m, g):
     flip walks the block's row sets last to first (layout.py).
     """
     wide = (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1
-    _gates(W, x, R, h, 4 * u0, 4 * n, wide, bf16, flip, g)
+    _gates(W, x, R, h, 4 * u0, 4 * n, wide, flip, g)
     _update_block(g[:4 * n], pre[4 * u0:4 * u0 + 4 * n], ws, cm, u0, n, c, m)
 
 
@@ -127,7 +127,7 @@ def _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget):
 
 
 @parallel_kernel
-def _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, flip, block, nthreads, c, m, g):
+def _cell_blocks_par(W, x, R, h, pre, ws, cm, flip, block, nthreads, c, m, g):
     """Every block of a cell, the blocks split in nthreads runs; g holds 4*block per thread."""
     H = cm[C_H]
     nblk = (H + block - 1) // block
@@ -137,7 +137,7 @@ def _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, flip, block, nthreads, c, m,
         b1 = (t + 1) * nblk // nthreads
         for k in range(b1 - b0):
             b = b1 - 1 - k if flip else b0 + k
-            _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, b * block, min(block, H - b * block), c, m, gt)
+            _cell_block(W, x, R, h, pre, ws, cm, flip, b * block, min(block, H - b * block), c, m, gt)
 
 
 @kernel
@@ -150,14 +150,13 @@ def _cell(W, x, R, h, pre, ws, cm, hd, flip, c, hout, g, m):
     P = cm[C_P]
     block = hd[HD_BLOCK]
     nthreads = hd[HD_THREADS]
-    bf16 = hd[HD_BF16] == 1
     if nthreads > 1 and H > block:
-        _cell_blocks_par(W, x, R, h, pre, ws, cm, bf16, flip, block, nthreads, c, m, g)
+        _cell_blocks_par(W, x, R, h, pre, ws, cm, flip, block, nthreads, c, m, g)
     else:
         nblk = (H + block - 1) // block
         for k in range(nblk):
             u0 = block * (nblk - 1 - k if flip else k)
-            _cell_block(W, x, R, h, pre, ws, cm, bf16, flip, u0, min(block, H - u0), c, m, g)
+            _cell_block(W, x, R, h, pre, ws, cm, flip, u0, min(block, H - u0), c, m, g)
     if cm[C_PROJ] >= 0:
         proj = ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H)
         _matvec(proj, 0, P, m[:H], hout)
@@ -184,10 +183,10 @@ def _head(ws, hd, top, y):
 
 
 @kernel
-def _step(x, ws, meta, st):
+def _step(x, ws, wp, meta, st):
     """One frame through every layer and the head of a forward-only model.
 
-    x (I0,) input frame; st: a streaming buffer (state, then scratch; layout.py),
+    x (I0,) input frame; ws the packed model, wp its weight panels (packing.Packed); st: a streaming buffer (state, then scratch; layout.py),
     whose y region receives the output. Returns OK, or NONFINITE / BADSHAPE with st
     untouched (the width is checked here so the engine's fast path needs no Python check).
     """
@@ -210,7 +209,7 @@ def _step(x, ws, meta, st):
         h = st[cell * pmax:cell * pmax + cm[C_P]]
         c = st[ncell * pmax + cell * hmax:ncell * pmax + cell * hmax + cm[C_H]]
         b = ws[cm[C_B]:cm[C_B] + 4 * cm[C_H]]
-        _cell(_w(ws, cm), xin, _r(ws, cm), h, b, ws, cm, hd, flip, c, h, g, m)
+        _cell(_w(wp, cm), xin, _r(wp, cm), h, b, ws, cm, hd, flip, c, h, g, m)
         xin = h  # this cell's new h is the next one's input
     top = st[(ncell - 1) * pmax:(ncell - 1) * pmax + hd[HD_TOP]]
     _head(ws, hd, top, st[hd[HD_ST_Y]:hd[HD_ST_Y] + hd[HD_OUT]])
@@ -218,11 +217,11 @@ def _step(x, ws, meta, st):
 
 
 @kernel
-def _step_many(x, ws, meta, addrs, y):
+def _step_many(x, ws, wp, meta, addrs, y):
     """One frame for each of N streams of a forward-only model, every weight read once
     for all of them: W.x and R.h of the N streams are matrix products.
 
-    x (N, I0) frames; addrs (N,) addresses of the streams' buffers (Stream._st: layout.py),
+    x (N, I0) frames; ws, wp as in _step; addrs (N,) addresses of the streams' buffers (Stream._st: layout.py),
     all distinct; y (N, OUT) receives the outputs. Returns OK, or NONFINITE with every
     stream untouched. Sums run in the same order as in _step, so each stream's output and
     state are bit for bit what its own step would give.
@@ -237,7 +236,6 @@ def _step_many(x, ws, meta, addrs, y):
     pmax = hd[HD_PMAX]
     hmax = hd[HD_HMAX]
     nthreads = hd[HD_THREADS]
-    bf16 = hd[HD_BF16] == 1
     nst = hd[HD_ST_LEN]
     m = np.empty(hd[HD_HMAX], np.float32)
     nobias = ws[:0]
@@ -251,11 +249,11 @@ def _step_many(x, ws, meta, addrs, y):
             hs[i] = _f32_at(addrs[i], nst)[cell * pmax:cell * pmax + P]
         gates = np.empty((N, cm[C_ROWS]), np.float32)
         if nthreads > 1:
-            _gemm_panel_par(xin, _w(ws, cm), nobias, bf16, False, gates, nthreads)
-            _gemm_panel_par(hs, _r(ws, cm), nobias, bf16, True, gates, nthreads)
+            _gemm_panel_par(xin, _w(wp, cm), nobias, False, gates, nthreads)
+            _gemm_panel_par(hs, _r(wp, cm), nobias, True, gates, nthreads)
         else:
-            _gemm_panel(xin, _w(ws, cm), nobias, bf16, False, gates, 0, gates.shape[1])
-            _gemm_panel(hs, _r(ws, cm), nobias, bf16, True, gates, 0, gates.shape[1])
+            _gemm_panel(xin, _w(wp, cm), nobias, False, gates, 0, gates.shape[1])
+            _gemm_panel(hs, _r(wp, cm), nobias, True, gates, 0, gates.shape[1])
         b = ws[cm[C_B]:cm[C_B] + 4 * H]
         for i in range(N):
             st = _f32_at(addrs[i], nst)
@@ -277,10 +275,10 @@ def _step_many(x, ws, meta, addrs, y):
 
 
 @kernel
-def _run(x, lengths, ws, meta, h, c, y):
+def _run(x, lengths, ws, wp, meta, h, c, y):
     """Whole sequences, any direction: the offline run and the streaming chunk.
 
-    x (B, T, I0) frames; lengths (B,) valid frames per sequence (<= T)
+    x (B, T, I0) frames; lengths (B,) valid frames per sequence (<= T); ws, wp as in _step
     h (B, ncell, PMAX), c (B, ncell, HMAX): initial state in, final state out
     y (B, T, OUT) output; frames past a sequence's length have zero layer output, and
     a sequence of length 0 ends in zero state (as in onnxruntime).
@@ -316,15 +314,14 @@ def _run(x, lengths, ws, meta, h, c, y):
                 H = cm[C_H]
                 P = cm[C_P]
                 col = cm[C_COL]
-                W = _w(ws, cm)
-                R = _r(ws, cm)
+                W = _w(wp, cm)
+                R = _r(wp, cm)
                 pre = np.empty((n, cm[C_ROWS]), np.float32)
                 bias = ws[cm[C_B]:cm[C_B] + 4 * H]
-                bf16 = hd[HD_BF16] == 1
                 if nthreads > 1:
-                    _gemm_panel_par(cur[:n], W, bias, bf16, False, pre, nthreads)
+                    _gemm_panel_par(cur[:n], W, bias, False, pre, nthreads)
                 else:
-                    _gemm_panel(cur[:n], W, bias, bf16, False, pre, 0, pre.shape[1])
+                    _gemm_panel(cur[:n], W, bias, False, pre, 0, pre.shape[1])
                 hs = hp[:P]
                 for j in range(P):
                     hs[j] = h[b, cell, j]

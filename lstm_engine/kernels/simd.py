@@ -10,6 +10,14 @@ k-major, so row r = 32*g + j, column k sits at g*32*K + k*32 + j. One pass over 
 reads each group as one sequential stream and keeps 32 rows in four 8-wide
 accumulators: no horizontal sums, and several groups walked together give the
 prefetchers several streams.
+
+Weights come in three precisions, told apart by the panel array's dtype, so each
+is compiled on its own; arithmetic is float32 in all:
+  float32
+  uint16  bfloat16 bits: widened to the upper half of a float32
+  int8    converted exactly to float32; each row has its own scale. A group holds
+          its 32*K int8 weights, then its 32 float32 scales, as if every row had
+          I8_EXTRA more columns: group g starts at int8 element g*32*(K + I8_EXTRA).
 """
 from llvmlite import ir
 from numba import types
@@ -17,56 +25,65 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 GROUP = 32  # rows per panel group: four 8-float vectors
+F32, BF16, I8 = "float32", "uint16", "int8"  # panel dtypes of the three precisions
+I8_EXTRA = 4  # int8 "columns" per row taken by its float32 scale
 
 _F32 = ir.FloatType()
 _V8 = ir.VectorType(_F32, 8)
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
-
-
+_V8I8 = ir.VectorType(ir.IntType(8), 8)
 _V8I16 = ir.VectorType(ir.IntType(16), 8)
 _V8I32 = ir.VectorType(_I32, 8)
+_ELEMENT = {F32: _F32, BF16: ir.IntType(16), I8: ir.IntType(8)}
 
 
-def _load_weights(builder, ptr, bf16):
-    """Eight weights as a float32 vector; bf16 bits become the upper half of a float32."""
-    if not bf16:
+def _load_weights(builder, ptr, prec):
+    """Eight weights at ptr (an element pointer of the panel's dtype) as a float32 vector."""
+    if prec == F32:
         return builder.load(builder.bitcast(ptr, _V8.as_pointer()), align=4)
-    bits = builder.load(builder.bitcast(ptr, _V8I16.as_pointer()), align=2)
-    wide = builder.shl(builder.zext(bits, _V8I32), ir.Constant(_V8I32, [16] * 8))
-    return builder.bitcast(wide, _V8)
+    if prec == BF16:
+        bits = builder.load(builder.bitcast(ptr, _V8I16.as_pointer()), align=2)
+        return builder.bitcast(builder.shl(builder.zext(bits, _V8I32), ir.Constant(_V8I32, [16] * 8)), _V8)
+    q = builder.load(builder.bitcast(ptr, _V8I8.as_pointer()), align=1)
+    return builder.sitofp(builder.sext(q, _V8I32), _V8)
 
 
-def _panel_kernel(ngroups: int, nframes: int, accumulate: bool, bf16: bool = False):
+def panel_offset(r, K, dtype):
+    """Element offset of the group holding row r (a multiple of GROUP) in a panel of K
+    columns (plain Python; kernels/linalg.py has the jitted twin)."""
+    return r * (K + I8_EXTRA) if str(dtype) == I8 else r * K
+
+
+def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
     """An intrinsic kern(p, p_off, x, x_off, ldx, K, out, o_off, ldo) computing, for
     frames f < nframes and rows i < ngroups*32 from the group at element p_off:
 
         out[o_off + f*ldo + i] (+)= sum_k panel[i, k] * x[x_off + f*ldx + k]
 
-    p, x, out: float32 arrays of any shape (only their data pointers are used); with
-    accumulate the sums start from what out holds. k is unrolled by two; odd K ends
-    in a tail step. With bf16 the panel holds bfloat16 bits (two per float32 slot of
-    p; p_off counts bf16 elements): each load widens 8 of them to float32, the upper
-    half of which they are, and the arithmetic stays float32.
+    p: a panel array of one of the three dtypes above, p_off counting its elements;
+    x, out: float32 arrays of any shape (only their data pointers are used); with
+    accumulate the sums add to what out holds. k is unrolled by two; odd K ends in a
+    tail step.
     """
     nacc = ngroups * 4 * nframes
 
     @intrinsic
     def kern(typingctx, p, p_off, x, x_off, ldx, K, out, o_off, ldo):
         sig = types.void(p, p_off, x, x_off, ldx, K, out, o_off, ldo)
+        prec = str(p.dtype)
+        if prec not in _ELEMENT or x.dtype != types.float32 or out.dtype != types.float32:
+            raise TypeError(f"panel kernels take a float32, uint16 (bf16) or int8 panel and float32 "
+                            f"vectors, not {p.dtype}, {x.dtype}, {out.dtype}")
 
         def codegen(context, builder, signature, args):
             pa, poff, xa, xoff, ldx_, Kv, oa, ooff, ldo_ = args
             pdata = context.make_array(signature.args[0])(context, builder, pa).data
-            if bf16:
-                pdata = builder.bitcast(pdata, ir.IntType(16).as_pointer())
             xdata = context.make_array(signature.args[2])(context, builder, xa).data
             odata = context.make_array(signature.args[6])(context, builder, oa).data
             # fmuladd, not fma: fused where the CPU has FMA, mul + add (not a libm call) where not
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fmuladd.v8f32")
             c = lambda v: ir.Constant(_I64, v)  # noqa: E731
-            gstride = builder.mul(Kv, c(GROUP))
-            gbase = [builder.gep(pdata, [builder.add(poff, builder.mul(gstride, c(g)))]) for g in range(ngroups)]
             xbase = [builder.gep(xdata, [builder.add(xoff, builder.mul(ldx_, c(f)))]) for f in range(nframes)]
             optr = []  # accumulator slot (f, g, j) -> its place in out
             for f in range(nframes):
@@ -74,75 +91,96 @@ def _panel_kernel(ngroups: int, nframes: int, accumulate: bool, bf16: bool = Fal
                 for g in range(ngroups):
                     for j in range(4):
                         optr.append(builder.bitcast(builder.gep(fbase, [c(GROUP * g + 8 * j)]), _V8.as_pointer()))
-            if accumulate:
-                init = [builder.load(q, align=4) for q in optr]
-            else:
-                init = [ir.Constant(_V8, [0.0] * 8)] * nacc
-            kpairs = builder.and_(Kv, c(-2))
-
-            def step(k, accs):
-                """One k: broadcast each frame's x[k], one panel load feeds every frame."""
-                out_ = list(accs)
-                xs = []
-                for f in range(nframes):
-                    xk = builder.load(builder.gep(xbase[f], [k]))
-                    xs.append(builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(_V8, ir.Undefined), xk, ir.Constant(_I32, 0)),
-                        ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 8), [0] * 8)))
-                off = builder.mul(k, c(GROUP))
-                for g in range(ngroups):
-                    row = builder.gep(gbase[g], [off])
-                    for j in range(4):
-                        w = _load_weights(builder, builder.gep(row, [c(8 * j)]), bf16)
-                        for f in range(nframes):
-                            i = (f * ngroups + g) * 4 + j
-                            out_[i] = builder.call(fma, [w, xs[f], out_[i]])
-                return out_
-
-            entry = builder.basic_block
-            loop = builder.append_basic_block("panel.loop")
-            mid = builder.append_basic_block("panel.mid")
-            tail = builder.append_basic_block("panel.tail")
-            done = builder.append_basic_block("panel.done")
-            builder.cbranch(builder.icmp_signed(">", kpairs, c(0)), loop, mid)
-
-            builder.position_at_end(loop)
-            k = builder.phi(_I64)
-            accs = [builder.phi(_V8) for _ in range(nacc)]
-            k.add_incoming(c(0), entry)
-            for a, v in zip(accs, init):
-                a.add_incoming(v, entry)
-            new = step(builder.add(k, c(1)), step(k, accs))
-            k2 = builder.add(k, c(2))
-            end = builder.basic_block
-            k.add_incoming(k2, end)
-            for a, v in zip(accs, new):
-                a.add_incoming(v, end)
-            builder.cbranch(builder.icmp_signed("<", k2, kpairs), loop, mid)
-
-            builder.position_at_end(mid)
-            mids = [builder.phi(_V8) for _ in range(nacc)]
-            for m, v0, v1 in zip(mids, init, new):
-                m.add_incoming(v0, entry)
-                m.add_incoming(v1, end)
-            builder.cbranch(builder.icmp_signed("<", kpairs, Kv), tail, done)
-
-            builder.position_at_end(tail)
-            tails = step(kpairs, mids)
-            builder.branch(done)
-
-            builder.position_at_end(done)
-            res = [builder.phi(_V8) for _ in range(nacc)]
-            for r, v0, v1 in zip(res, mids, tails):
-                r.add_incoming(v0, mid)
-                r.add_incoming(v1, tail)
-            for r, q in zip(res, optr):
-                builder.store(r, q, align=4)
+            _emit(builder, fma, pdata, poff, xbase, Kv, optr, prec, accumulate, ngroups, nframes, nacc)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return kern
+
+
+def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframes, nacc):
+    """The k loop and the stores of one kernel, emitted at the builder's block."""
+    c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+    cols = builder.add(Kv, c(I8_EXTRA)) if prec == I8 else Kv
+    gstride = builder.mul(cols, c(GROUP))
+    gbase = [builder.gep(wdata, [builder.add(poff, builder.mul(gstride, c(g)))]) for g in range(ngroups)]
+    if acc and prec != I8:
+        init = [builder.load(q, align=4) for q in optr]
+    else:  # int8 sums are scaled before they meet out
+        init = [ir.Constant(_V8, [0.0] * 8)] * nacc
+    kpairs = builder.and_(Kv, c(-2))
+
+    def step(k, accs):
+        """One k: broadcast each frame's x[k], one panel load feeds every frame."""
+        out_ = list(accs)
+        xs = []
+        for f in range(nframes):
+            xk = builder.load(builder.gep(xbase[f], [k]))
+            xs.append(builder.shuffle_vector(
+                builder.insert_element(ir.Constant(_V8, ir.Undefined), xk, ir.Constant(_I32, 0)),
+                ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 8), [0] * 8)))
+        off = builder.mul(k, c(GROUP))
+        for g in range(ngroups):
+            row = builder.gep(gbase[g], [off])
+            for j in range(4):
+                w = _load_weights(builder, builder.gep(row, [c(8 * j)]), prec)
+                for f in range(nframes):
+                    i = (f * ngroups + g) * 4 + j
+                    out_[i] = builder.call(fma, [w, xs[f], out_[i]])
+        return out_
+
+    entry = builder.basic_block
+    loop = builder.append_basic_block("panel.loop")
+    mid = builder.append_basic_block("panel.mid")
+    tail = builder.append_basic_block("panel.tail")
+    end = builder.append_basic_block("panel.store")
+    builder.cbranch(builder.icmp_signed(">", kpairs, c(0)), loop, mid)
+
+    builder.position_at_end(loop)
+    k = builder.phi(_I64)
+    accs = [builder.phi(_V8) for _ in range(nacc)]
+    k.add_incoming(c(0), entry)
+    for a, v in zip(accs, init):
+        a.add_incoming(v, entry)
+    new = step(builder.add(k, c(1)), step(k, accs))
+    k2 = builder.add(k, c(2))
+    back = builder.basic_block
+    k.add_incoming(k2, back)
+    for a, v in zip(accs, new):
+        a.add_incoming(v, back)
+    builder.cbranch(builder.icmp_signed("<", k2, kpairs), loop, mid)
+
+    builder.position_at_end(mid)
+    mids = [builder.phi(_V8) for _ in range(nacc)]
+    for m, v0, v1 in zip(mids, init, new):
+        m.add_incoming(v0, entry)
+        m.add_incoming(v1, back)
+    builder.cbranch(builder.icmp_signed("<", kpairs, Kv), tail, end)
+
+    builder.position_at_end(tail)
+    tails = step(kpairs, mids)
+    builder.branch(end)
+
+    builder.position_at_end(end)
+    res = [builder.phi(_V8) for _ in range(nacc)]
+    for r, v0, v1 in zip(res, mids, tails):
+        r.add_incoming(v0, mid)
+        r.add_incoming(v1, tail)
+    if prec == I8:  # row scales sit after the group's weights
+        scales = []
+        for g in range(ngroups):
+            sp = builder.bitcast(builder.gep(gbase[g], [builder.mul(Kv, c(GROUP))]), _F32.as_pointer())
+            scales.append([builder.load(builder.bitcast(builder.gep(sp, [c(8 * j)]), _V8.as_pointer()), align=1)
+                           for j in range(4)])
+        for f in range(nframes):
+            for g in range(ngroups):
+                for j in range(4):
+                    i = (f * ngroups + g) * 4 + j
+                    res[i] = builder.call(fma, [res[i], scales[g][j], builder.load(optr[i], align=4)]) if acc \
+                        else builder.fmul(res[i], scales[g][j])
+    for r, q in zip(res, optr):
+        builder.store(r, q, align=4)
 
 
 # 64 rows for one vector: two groups walked together (two streams, eight accumulators)
@@ -154,15 +192,6 @@ gemv128 = _panel_kernel(4, 1, accumulate=False)
 gemv128_acc = _panel_kernel(4, 1, accumulate=True)
 # 32 rows for three frames: each panel load feeds three FMAs (twelve accumulators)
 gemm32x3 = _panel_kernel(1, 3, accumulate=False)
-gemm32x1 = _panel_kernel(1, 1, accumulate=False)  # the frames left over from threes
 gemm32x3_acc = _panel_kernel(1, 3, accumulate=True)  # R.h of many streams onto their W.x
+gemm32x1 = _panel_kernel(1, 1, accumulate=False)  # the frames left over from threes
 gemm32x1_acc = _panel_kernel(1, 1, accumulate=True)
-# the same over bfloat16 panels: half the bytes streamed per weight
-gemv64_bf16 = _panel_kernel(2, 1, accumulate=False, bf16=True)
-gemv64_acc_bf16 = _panel_kernel(2, 1, accumulate=True, bf16=True)
-gemv128_bf16 = _panel_kernel(4, 1, accumulate=False, bf16=True)
-gemv128_acc_bf16 = _panel_kernel(4, 1, accumulate=True, bf16=True)
-gemm32x3_bf16 = _panel_kernel(1, 3, accumulate=False, bf16=True)
-gemm32x1_bf16 = _panel_kernel(1, 1, accumulate=False, bf16=True)
-gemm32x3_acc_bf16 = _panel_kernel(1, 3, accumulate=True, bf16=True)
-gemm32x1_acc_bf16 = _panel_kernel(1, 1, accumulate=True, bf16=True)
