@@ -48,3 +48,24 @@ def test_startup(benchmark, tmp_path):
     benchmark.extra_info["note"] = "wall time of a whole process, interpreter start included"
     benchmark.pedantic(lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True),
                        rounds=5, iterations=1)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("hidden", [512, 1024])
+def test_int8_step(benchmark, precision, hidden):
+    """Target: int8 weights >= 2x faster than fp32 at H >= 512."""
+    s = le.Engine(bench.default_model(hidden), precision=precision).open_stream()
+    x = np.full(hidden, 0.1, np.float32)
+    benchmark.group = f"step H={hidden}, fp32 vs int8"
+    benchmark.pedantic(s.step, args=(x,), rounds=100, iterations=3, warmup_rounds=5)
+
+
+@pytest.mark.parametrize("system", [bench.ENGINE, "onnxruntime"])
+def test_many_streams(benchmark, system):
+    """Target: step_many over 32 streams at H=256 >= 1.4x faster per stream than
+    onnxruntime at batch 32 (benchmark time / 32 = per stream)."""
+    model = bench.default_model(256)
+    s = {x.name: x for x in bench.systems(model, against=("ort",))}[system]
+    X = np.random.default_rng(0).uniform(-1, 1, (32, 256)).astype(np.float32)
+    benchmark.group = "32 streams, one frame each, H=256"
+    benchmark.pedantic(s.many, args=(X,), rounds=200, iterations=1, warmup_rounds=5)
