@@ -175,9 +175,11 @@ def test_bench_a_model_file(rng, tmp_path, capsys):
     assert "model lstm-engine 2" in " ".join(cap.out.split()) and "disagrees" not in cap.err
 
 
-def test_bench_bf16(tmp_path, capsys):
+@pytest.mark.parametrize("precision, nbytes", [("bf16", 2), ("int8", 1)])
+def test_bench_precision(tmp_path, capsys, precision, nbytes):
     assert main(["bench", "--hidden", "16", "--steps", "20", "--chunk", "4", "--against", "ort",
-                 "--precision", "bf16", "--json", str(tmp_path / "b.json")]) == 0
+                 "--precision", precision, "--json", str(tmp_path / "b.json")]) == 0
     b = json.loads((tmp_path / "b.json").read_text())["benchmarks"][0]
-    assert b["precision"] == "bf16" and b["weight_bytes"] == 2 * (4 * 16 * 16 * 2)
-    assert "disagrees" not in capsys.readouterr().err  # within bf16's rounding of fp32 peers
+    assert b["precision"] == precision and b["weight_bytes"] == nbytes * (4 * 16 * 16 * 2)
+    assert b["blas_bytes"] == 4 * (4 * 16 * 16 * 2)
+    assert "disagrees" not in capsys.readouterr().err  # within the rounding of fp32 peers
