@@ -82,14 +82,14 @@ class Engine:
             # Each panel dtype (precision) compiles its own _step, so compiling opens
             # only while this engine's is loaded.
             _step.disable_compile(False)
-            _step(frame, p.ws, p.wp, p.meta, np.zeros(p.stream_len, np.float32))
+            _step(frame, p.wp, p.meta, np.zeros(p.stream_len, np.float32))
             _step.disable_compile()
-            _step_many(np.zeros((0, frame.size), np.float32), p.ws, p.wp, p.meta, np.zeros(0, np.int64),
+            _step_many(np.zeros((0, frame.size), np.float32), p.wp, p.meta, np.zeros(0, np.int64),
                        np.zeros((0, self.model.output_size), np.float32))
         h = np.zeros((1, p.ncell, p.pmax), np.float32)
         c = np.zeros((1, p.ncell, p.hmax), np.float32)
         y = np.zeros((1, 1, self.model.output_size), np.float32)
-        _run(frame[None, None], np.ones(1, np.int64), p.ws, p.wp, p.meta, h, c, y)
+        _run(frame[None, None], np.ones(1, np.int64), p.wp, p.meta, h, c, y)
         if self.threads > 1:
             import numba
 
@@ -172,7 +172,7 @@ class Engine:
         if X.shape[0] != N:
             raise ValueError(f"X: expected {N} token ids for {N} streams, got {X.shape[0]}")
         Y = np.empty((N, m.output_size), np.float32)
-        if N and _step_many(X, self._packed.ws, self._packed.wp, self._packed.meta, addrs, Y) == NONFINITE:
+        if N and _step_many(X, self._packed.wp, self._packed.meta, addrs, Y) == NONFINITE:
             raise _nonfinite("X")
         return Y
 
@@ -218,7 +218,7 @@ class Engine:
         else:  # fresh arrays: the kernel updates them in place
             h, c = self._state_arrays(state, batch=B if batched else None)
         Y = np.empty((B, T, m.output_size), np.float32)
-        if _run(X, lens, p.ws, p.wp, p.meta, h, c, Y) == NONFINITE:
+        if _run(X, lens, p.wp, p.meta, h, c, Y) == NONFINITE:
             raise _nonfinite("X")
         hl = [h[:, k, :P] for k, (P, _) in enumerate(m.state_sizes)]
         cl = [c[:, k, :H] for k, (_, H) in enumerate(m.state_sizes)]
@@ -284,12 +284,12 @@ class Stream:
     Not safe for two threads at once; different Streams are (kernels release the GIL).
     """
 
-    __slots__ = ("_engine", "_ws", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_xshape", "_emb")
+    __slots__ = ("_engine", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_xshape", "_emb")
 
     def __init__(self, engine: Engine):
         p = engine._packed
         self._engine = engine
-        self._ws, self._wp, self._meta = p.ws, p.wp, p.meta
+        self._wp, self._meta = p.wp, p.meta
         self._st = np.zeros(p.stream_len, np.float32)
         self._addr = self._st.ctypes.data  # for Engine.step_many; the buffer lives as long as the Stream
         n_h = p.ncell * p.pmax
@@ -304,12 +304,12 @@ class Stream:
     def step(self, x) -> np.ndarray:
         """One frame (I,) -- or one token id -- in, the output (O,) out."""
         if self._emb is not None:
-            r = _step(self._frame(x), self._ws, self._wp, self._meta, self._st)
+            r = _step(self._frame(x), self._wp, self._meta, self._st)
         else:
             try:  # the common case costs no Python check: see Engine._warm
-                r = _step(x, self._ws, self._wp, self._meta, self._st)
+                r = _step(x, self._wp, self._meta, self._st)
             except TypeError:
-                r = _step(self._frame(x), self._ws, self._wp, self._meta, self._st)
+                r = _step(self._frame(x), self._wp, self._meta, self._st)
         if r:
             if r == BADSHAPE:
                 self._frame(x)  # raises the ValueError naming expected and actual shapes
@@ -326,7 +326,7 @@ class Stream:
         Y = np.empty((1, T, e.model.output_size), np.float32)
         if T == 0:  # the kernel would apply onnxruntime's empty-sequence rule (zero state)
             return Y[0]
-        if _run(X[None], np.array([T], np.int64), self._ws, self._wp, self._meta, self._h, self._c, Y) \
+        if _run(X[None], np.array([T], np.int64), self._wp, self._meta, self._h, self._c, Y) \
                 == NONFINITE:
             raise _nonfinite("X")
         return Y[0]

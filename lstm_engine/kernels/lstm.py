@@ -183,16 +183,19 @@ def _head(ws, hd, top, y):
 
 
 @kernel
-def _step(x, ws, wp, meta, st):
+def _step(x, wp, meta, st):
     """One frame through every layer and the head of a forward-only model.
 
-    x (I0,) input frame; ws the packed model, wp its weight panels (packing.Packed); st: a streaming buffer (state, then scratch; layout.py),
-    whose y region receives the output. Returns OK, or NONFINITE / BADSHAPE with st
-    untouched (the width is checked here so the engine's fast path needs no Python check).
+    x (I0,) input frame; wp the packed model typed as its weight panels (Packed.wp;
+    ws is a view of it: one array argument less to dispatch, ~55 ns a call); st: a
+    streaming buffer (state, then scratch; layout.py), whose y region receives the output.
+    Returns OK, or NONFINITE / BADSHAPE with st untouched (the width is checked here so
+    the engine's fast path needs no Python check).
     """
     hd = meta[0]
     if x.shape[0] != hd[HD_IN]:
         return BADSHAPE
+    ws = wp.view(np.float32)
     for k in range(x.shape[0]):
         if not np.isfinite(x[k]):
             return NONFINITE
@@ -217,11 +220,11 @@ def _step(x, ws, wp, meta, st):
 
 
 @kernel
-def _step_many(x, ws, wp, meta, addrs, y):
+def _step_many(x, wp, meta, addrs, y):
     """One frame for each of N streams of a forward-only model, every weight read once
     for all of them: W.x and R.h of the N streams are matrix products.
 
-    x (N, I0) frames; ws, wp as in _step; addrs (N,) addresses of the streams' buffers (Stream._st: layout.py),
+    x (N, I0) frames; wp as in _step; addrs (N,) addresses of the streams' buffers (Stream._st: layout.py),
     all distinct; y (N, OUT) receives the outputs. Returns OK, or NONFINITE with every
     stream untouched. Sums run in the same order as in _step, so each stream's output and
     state are bit for bit what its own step would give.
@@ -231,6 +234,7 @@ def _step_many(x, ws, wp, meta, addrs, y):
         for k in range(x.shape[1]):
             if not np.isfinite(x[i, k]):
                 return NONFINITE
+    ws = wp.view(np.float32)
     hd = meta[0]
     ncell = hd[HD_NCELL]
     pmax = hd[HD_PMAX]
@@ -275,10 +279,10 @@ def _step_many(x, ws, wp, meta, addrs, y):
 
 
 @kernel
-def _run(x, lengths, ws, wp, meta, h, c, y):
+def _run(x, lengths, wp, meta, h, c, y):
     """Whole sequences, any direction: the offline run and the streaming chunk.
 
-    x (B, T, I0) frames; lengths (B,) valid frames per sequence (<= T); ws, wp as in _step
+    x (B, T, I0) frames; lengths (B,) valid frames per sequence (<= T); wp as in _step
     h (B, ncell, PMAX), c (B, ncell, HMAX): initial state in, final state out
     y (B, T, OUT) output; frames past a sequence's length have zero layer output, and
     a sequence of length 0 ends in zero state (as in onnxruntime).
@@ -292,6 +296,7 @@ def _run(x, lengths, ws, wp, meta, h, c, y):
             for k in range(x.shape[2]):
                 if not np.isfinite(x[b, t, k]):
                     return NONFINITE
+    ws = wp.view(np.float32)
     hd = meta[0]
     ncell = hd[HD_NCELL]
     nthreads = hd[HD_THREADS]
