@@ -30,13 +30,19 @@ _gemv64 = _gemv(simd.gemv64, simd.gemv64_acc)
 _gemv128 = _gemv(simd.gemv128, simd.gemv128_acc)
 
 
-@numba.njit
-def _gemm32x3(p, p_off, X, t0, out, acc):
-    K = X.shape[1]
-    if acc:
-        simd.gemm32x3_acc(p, p_off, X, t0 * K, K, K, out, t0 * out.shape[1], out.shape[1])
-    else:
-        simd.gemm32x3(p, p_off, X, t0 * K, K, K, out, t0 * out.shape[1], out.shape[1])
+def _gemm(kern, kern_acc):
+    @numba.njit
+    def call(p, p_off, X, t0, out, acc):
+        K = X.shape[1]
+        if acc:
+            kern_acc(p, p_off, X, t0 * K, K, K, out, t0 * out.shape[1], out.shape[1])
+        else:
+            kern(p, p_off, X, t0 * K, K, K, out, t0 * out.shape[1], out.shape[1])
+    return call
+
+
+GEMMS = {1: _gemm(simd.gemm32x1, simd.gemm32x1_acc), 2: _gemm(simd.gemm32x2, simd.gemm32x2_acc),
+         3: _gemm(simd.gemm32x3, simd.gemm32x3_acc)}
 
 
 PRECS = [simd.F32, simd.BF16, simd.I8]
@@ -62,17 +68,19 @@ def test_gemv(rng, K, rows, fn, prec):
 
 @pytest.mark.parametrize("prec", PRECS, ids=PREC_IDS)
 @pytest.mark.parametrize("K", [1, 5, 32])
-def test_gemm_three_frames(rng, K, prec):
+@pytest.mark.parametrize("frames", [1, 2, 3])
+def test_gemm_frames(rng, K, prec, frames):
     W = rng.standard_normal((64, K)).astype(np.float32)
     X = rng.standard_normal((7, K)).astype(np.float32)
     p, Wq = panel(W, 64, prec)
     out = np.zeros((7, 40), np.float32)
-    _gemm32x3(p, simd.panel_offset(32, K, p.dtype), X, 2, out, False)  # group 1, frames 2, 3, 4 only
+    end = 2 + frames
+    GEMMS[frames](p, simd.panel_offset(32, K, p.dtype), X, 2, out, False)  # group 1, frames 2.. only
     want = X.astype(np.float64) @ Wq[32:].T
-    assert np.allclose(out[2:5, :32], want[2:5], atol=1e-5)
-    assert not out[:2].any() and not out[5:].any() and not out[:, 32:].any()
-    _gemm32x3(p, simd.panel_offset(32, K, p.dtype), X, 2, out, True)
-    assert np.allclose(out[2:5, :32], 2 * want[2:5], atol=1e-5)
+    assert np.allclose(out[2:end, :32], want[2:end], atol=1e-5)
+    assert not out[:2].any() and not out[end:].any() and not out[:, 32:].any()
+    GEMMS[frames](p, simd.panel_offset(32, K, p.dtype), X, 2, out, True)
+    assert np.allclose(out[2:end, :32], 2 * want[2:end], atol=1e-5)
 
 
 def test_panel_layout(rng):

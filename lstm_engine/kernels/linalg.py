@@ -9,7 +9,8 @@ from numba import prange
 
 from .config import kernel, parallel_kernel
 from .simd import (
-    GROUP, I8_EXTRA, gemm32x1, gemm32x1_acc, gemm32x3, gemm32x3_acc, gemv64, gemv64_acc, gemv128, gemv128_acc,
+    GROUP, I8_EXTRA, gemm32x1, gemm32x1_acc, gemm32x2, gemm32x2_acc, gemm32x3, gemm32x3_acc, gemv64, gemv64_acc,
+    gemv128, gemv128_acc,
 )
 
 PAIR = 2 * GROUP  # gate rows per gemv64 call
@@ -94,7 +95,7 @@ def _gemm_panel(a, Wp, bias, acc, out, r_begin, r_end):
     """out[t, r] (+)= bias[r] + a[t] . W[r] for r_begin <= r < r_end (multiples of GROUP);
     bias applies where r < len(bias) (pass it empty for none); acc adds to what out holds.
     a (T, K) frames, Wp the panel of W (., K) in any of simd.py's precisions,
-    out (T, >= r_end). Three frames share every panel load."""
+    out (T, >= r_end). Three frames share every panel load (two or one at the end)."""
     T = a.shape[0]
     K = a.shape[1]
     ld = out.shape[1]
@@ -107,12 +108,16 @@ def _gemm_panel(a, Wp, bias, acc, out, r_begin, r_end):
             else:
                 gemm32x3(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
             t += 3
-        while t < T:
+        if T - t == 2:
+            if acc:
+                gemm32x2_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
+            else:
+                gemm32x2(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
+        elif T - t == 1:
             if acc:
                 gemm32x1_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
             else:
                 gemm32x1(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
-            t += 1
     for t in range(T):
         for r in range(r_begin, min(r_end, bias.shape[0])):
             out[t, r] += bias[r]

@@ -193,5 +193,8 @@ gemv128_acc = _panel_kernel(4, 1, accumulate=True)
 # 32 rows for three frames: each panel load feeds three FMAs (twelve accumulators)
 gemm32x3 = _panel_kernel(1, 3, accumulate=False)
 gemm32x3_acc = _panel_kernel(1, 3, accumulate=True)  # R.h of many streams onto their W.x
-gemm32x1 = _panel_kernel(1, 1, accumulate=False)  # the frames left over from threes
+# the frames left over from threes (two at once: 32 streams = 10 threes + 2; 5% on step_many at H=256)
+gemm32x2 = _panel_kernel(1, 2, accumulate=False)
+gemm32x2_acc = _panel_kernel(1, 2, accumulate=True)
+gemm32x1 = _panel_kernel(1, 1, accumulate=False)
 gemm32x1_acc = _panel_kernel(1, 1, accumulate=True)
