@@ -94,9 +94,9 @@ def _validate(args) -> int:
     if args.inputs:
         with np.load(args.inputs) as z:
             inputs = {k: z[k] for k in z.files}
-    res = validate(args.model, inputs=inputs, steps=args.steps, tol=args.tol)
+    res = validate(args.model, inputs=inputs, steps=args.steps, tol=args.tol, precision=args.precision)
     print(f"model: {args.model}")
-    print(f"reference: {res['reference']}")
+    print(f"reference: {res['reference']}; lstm-engine in {res['precision']}")
     print("inputs: " + ", ".join(f"{k} {tuple(v)}" for k, v in res["inputs"].items())
           + ("" if args.inputs else " (random, seed 0)"))
     print(f"{'output':<20} {'mode':<8} {'max abs':>10} {'max rel':>10}  result")
@@ -108,7 +108,7 @@ def _validate(args) -> int:
         print("(not streamed: the model runs in reverse, or the inputs use sequence lengths)")
     if res["unchecked_outputs"]:
         print(f"not compared: {res['unchecked_outputs']} (not mapped onto the engine)")
-    print(f"{'PASS' if res['pass'] else 'FAIL'} (tolerance {args.tol:g} on max abs error)")
+    print(f"{'PASS' if res['pass'] else 'FAIL'} (tolerance {res['tol']:g} on max abs error)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
@@ -218,7 +218,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("model")
     v.add_argument("--inputs", help=".npz keyed by graph input names (default: random, shaped from the graph)")
     v.add_argument("--steps", type=int, default=100, help="time steps of random inputs")
-    v.add_argument("--tol", type=float, default=1e-4, help="largest max-abs error that passes")
+    v.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="the engine's weights (the reference stays fp32): how much does bf16 / int8 move my model?")
+    v.add_argument("--tol", type=float, default=None,
+                   help="largest max-abs error that passes (default 1e-4; bf16 5e-2; int8 2e-1)")
     v.add_argument("--json", help="write the comparison as JSON")
     v.set_defaults(func=_validate)
 

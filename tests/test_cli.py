@@ -29,6 +29,18 @@ def test_validate_pass(onnx_file, tmp_path, capsys):
     assert res["inputs"]["X"] == [30, 2, 5]
 
 
+@pytest.mark.parametrize("precision, bound", [("bf16", 5e-2), ("int8", 2e-1)])
+def test_validate_reduced_precision(onnx_file, tmp_path, capsys, precision, bound):
+    assert main(["validate", str(onnx_file), "--steps", "30", "--precision", precision,
+                 "--json", str(tmp_path / "v.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"lstm-engine in {precision}" in out and f"PASS (tolerance {bound:g}" in out
+    res = json.loads((tmp_path / "v.json").read_text())
+    errs = [r["max_abs"] for r in res["results"]]
+    assert res["precision"] == precision and 1e-4 < max(errs) <= bound  # rounded weights move outputs
+    assert main(["validate", str(onnx_file), "--steps", "30", "--precision", precision, "--tol", "1e-6"]) == 1
+
+
 def test_validate_fail_exit_1(onnx_file, capsys):
     assert main(["validate", str(onnx_file), "--tol", "1e-12"]) == 1
     assert "FAIL" in capsys.readouterr().out
