@@ -252,6 +252,14 @@ def _stats(samples) -> dict:
     return {"median_us": float(med), "p99_us": float(p99), "iqr_us": float(q3 - q1), "rounds": int(a.size)}
 
 
+def _per(results: dict, n: int) -> dict:
+    """Per-call statistics of every system turned into per-frame (or per-stream) ones."""
+    for r in results.values():
+        for key in ("median_us", "p99_us", "iqr_us"):
+            r[key] /= n
+    return results
+
+
 ROUND_BUDGET = 0.01  # seconds a system may spend per round: slow peers get fewer calls
 
 
@@ -320,10 +328,8 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
     per_round = 20
     rounds = max(3, steps // per_round)
     step = _interleaved({s.name: (lambda s=s: s.step(x)) for s in systems_}, rounds, per_round, est_step)
-    run = _interleaved({s.name: (lambda s=s: s.run(X)) for s in systems_}, max(3, steps // (chunk * 2)), 1, est_run)
-    for r in run.values():
-        for key in ("median_us", "p99_us", "iqr_us"):
-            r[key] /= chunk
+    run = _per(_interleaved({s.name: (lambda s=s: s.run(X)) for s in systems_}, max(3, steps // (chunk * 2)), 1,
+                            est_run), chunk)
     many = None
     if streams and model.streamable:
         Xm = _inputs(model, streams, rng)[1]
@@ -333,11 +339,8 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
             t0 = time.perf_counter()
             s.many(Xm)
             est_many[s.name] = time.perf_counter() - t0
-        many = _interleaved({s.name: (lambda s=s: s.many(Xm)) for s in systems_},
-                            max(3, steps // 20), 5, est_many)
-        for r in many.values():
-            for key in ("median_us", "p99_us", "iqr_us"):
-                r[key] /= streams
+        many = _per(_interleaved({s.name: (lambda s=s: s.many(Xm)) for s in systems_}, max(3, steps // 20), 5,
+                                 est_many), streams)
     blas = None  # the bare gate product [W R] @ [x; h] of the same weights: the cost of reading them
     if len(model.layers) == 1 and model.layers[0].num_directions == 1:
         from threadpoolctl import threadpool_limits

@@ -111,13 +111,10 @@ def int8_panel(a: np.ndarray, Rp: int) -> np.ndarray:
     """(R, K) rows -> the int8 panel layout of kernels/simd.py, as float32 slots: each
     group of GROUP rows holds its int8 weights k-major, then its GROUP float32 scales."""
     q, scale = quantize_rows(a)
-    R, K = a.shape
     G = Rp // GROUP
-    qp = np.zeros((Rp, K), np.int8)
-    qp[:R] = q
+    body = to_panel(q, Rp).astype(np.int8).reshape(G, -1)  # small integers: exact through float32
     sp = np.zeros(Rp, np.float32)
-    sp[:R] = scale
-    body = qp.reshape(G, GROUP, K).transpose(0, 2, 1).reshape(G, GROUP * K)
+    sp[:len(scale)] = scale
     groups = np.concatenate([body, sp.reshape(G, GROUP).view(np.int8)], axis=1)
     return np.ascontiguousarray(groups).ravel().view(np.float32)  # GROUP * (K + 4) bytes a group
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lstm_engine.kernels import simd
+from lstm_engine.kernels.linalg import _offset
 from lstm_engine.packing import bf16_bits, int8_panel, round_bf16, round_int8, to_panel
 
 
@@ -75,11 +76,11 @@ def test_gemm_frames(rng, K, prec, frames):
     p, Wq = panel(W, 64, prec)
     out = np.zeros((7, 40), np.float32)
     end = 2 + frames
-    GEMMS[frames](p, simd.panel_offset(32, K, p.dtype), X, 2, out, False)  # group 1, frames 2.. only
+    GEMMS[frames](p, _offset(32, K, p), X, 2, out, False)  # group 1, frames 2.. only
     want = X.astype(np.float64) @ Wq[32:].T
     assert np.allclose(out[2:end, :32], want[2:end], atol=1e-5)
     assert not out[:2].any() and not out[end:].any() and not out[:, 32:].any()
-    GEMMS[frames](p, simd.panel_offset(32, K, p.dtype), X, 2, out, True)
+    GEMMS[frames](p, _offset(32, K, p), X, 2, out, True)
     assert np.allclose(out[2:end, :32], 2 * want[2:end], atol=1e-5)
 
 

@@ -19,7 +19,8 @@ QUAD = 4 * GROUP  # gate rows per gemv128 call, for weights that come from memor
 
 @kernel
 def _offset(r, K, p):
-    """Element offset of the group holding row r in panel p of K columns (simd.panel_offset)."""
+    """Element offset of the group holding row r (a multiple of GROUP) in panel p of K
+    columns: int8 rows carry I8_EXTRA more for their scale (simd.py)."""
     return r * (K + I8_EXTRA) if p.itemsize == 1 else r * K
 
 

@@ -49,12 +49,6 @@ def _load_weights(builder, ptr, prec):
     return builder.sitofp(builder.sext(q, _V8I32), _V8)
 
 
-def panel_offset(r, K, dtype):
-    """Element offset of the group holding row r (a multiple of GROUP) in a panel of K
-    columns (plain Python; kernels/linalg.py has the jitted twin)."""
-    return r * (K + I8_EXTRA) if str(dtype) == I8 else r * K
-
-
 def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
     """An intrinsic kern(p, p_off, x, x_off, ldx, K, out, o_off, ldo) computing, for
     frames f < nframes and rows i < ngroups*32 from the group at element p_off:
