@@ -147,7 +147,6 @@ def _cell(W, x, R, h, pre, ws, cm, hd, flip, c, hout, g, m):
     Blocks run on hd[HD_THREADS] threads when that is > 1; flip walks them (and the
     row sets inside them) last to first, see layout.py."""
     H = cm[C_H]
-    P = cm[C_P]
     block = hd[HD_BLOCK]
     nthreads = hd[HD_THREADS]
     if nthreads > 1 and H > block:
@@ -157,9 +156,16 @@ def _cell(W, x, R, h, pre, ws, cm, hd, flip, c, hout, g, m):
         for k in range(nblk):
             u0 = block * (nblk - 1 - k if flip else k)
             _cell_block(W, x, R, h, pre, ws, cm, flip, u0, min(block, H - u0), c, m, g)
+    _new_h(ws, cm, m, hout)
+
+
+@kernel
+def _new_h(ws, cm, m, hout):
+    """hout (P,) = the cell's new h from m = o * h(c) (H,): projected, or as it is."""
+    H = cm[C_H]
+    P = cm[C_P]
     if cm[C_PROJ] >= 0:
-        proj = ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H)
-        _matvec(proj, 0, P, m[:H], hout)
+        _matvec(ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H), 0, P, m[:H], hout)
     else:
         for j in range(H):
             hout[j] = m[j]
@@ -266,11 +272,7 @@ def _step_many(x, wp, meta, addrs, y):
                 n = min(hd[HD_BLOCK], H - u0)
                 _update_block(gates[i, 4 * u0:4 * u0 + 4 * n], b[4 * u0:4 * u0 + 4 * n], ws, cm, u0, n, c, m)
             h = hs[i]  # becomes the new h, and the next cell's input
-            if cm[C_PROJ] >= 0:
-                _matvec(ws[cm[C_PROJ]:cm[C_PROJ] + P * H].reshape(P, H), 0, P, m[:H], h)
-            else:
-                for j in range(H):
-                    h[j] = m[j]
+            _new_h(ws, cm, m, h)
             st[cell * pmax:cell * pmax + P] = h
         xin = hs
     for i in range(N):
