@@ -14,10 +14,9 @@ from .errors import ModelError
 from .kernels.layout import HD_IN, HD_ST_Y
 from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step, _step_many
 from .model import Model
-from . import packing
-from .packing import pack
+from .packing import PRECISIONS as _PANEL_DTYPES, pack
 
-PRECISIONS = tuple(packing.PRECISIONS)
+PRECISIONS = tuple(_PANEL_DTYPES)
 _SNAP_MAGIC = b"LSTMSNAP"
 _SNAP_VERSION = 1
 _SNAP_HEAD = struct.Struct("<8sH32sI")  # magic, version, model fingerprint, floats

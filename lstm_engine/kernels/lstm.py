@@ -39,6 +39,19 @@ def _r(wp, cm):
 
 
 @kernel
+def _h_of(st, hd, cell, n):
+    """The first n values of a cell's h in a streaming buffer (layout.py)."""
+    return st[cell * hd[HD_PMAX]:cell * hd[HD_PMAX] + n]
+
+
+@kernel
+def _c_of(st, hd, cell, n):
+    """The first n values of a cell's c in a streaming buffer (layout.py)."""
+    c0 = hd[HD_NCELL] * hd[HD_PMAX] + cell * hd[HD_HMAX]
+    return st[c0:c0 + n]
+
+
+@kernel
 def _cell_block(W, x, R, h, pre, ws, cm, flip, u0, n, c, m, g):
     """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
@@ -206,8 +219,6 @@ def _step(x, wp, meta, st):
         if not np.isfinite(x[k]):
             return NONFINITE
     ncell = hd[HD_NCELL]
-    pmax = hd[HD_PMAX]
-    hmax = hd[HD_HMAX]
     g = st[hd[HD_ST_G]:hd[HD_ST_M]]
     m = st[hd[HD_ST_M]:hd[HD_ST_Y]]
     xin = x
@@ -215,12 +226,12 @@ def _step(x, wp, meta, st):
     st[hd[HD_ST_FLIP]] = np.float32(0.0) if flip else np.float32(1.0)
     for cell in range(ncell):
         cm = meta[1 + cell]
-        h = st[cell * pmax:cell * pmax + cm[C_P]]
-        c = st[ncell * pmax + cell * hmax:ncell * pmax + cell * hmax + cm[C_H]]
+        h = _h_of(st, hd, cell, cm[C_P])
+        c = _c_of(st, hd, cell, cm[C_H])
         b = ws[cm[C_B]:cm[C_B] + 4 * cm[C_H]]
         _cell(_w(wp, cm), xin, _r(wp, cm), h, b, ws, cm, hd, flip, c, h, g, m)
         xin = h  # this cell's new h is the next one's input
-    top = st[(ncell - 1) * pmax:(ncell - 1) * pmax + hd[HD_TOP]]
+    top = _h_of(st, hd, ncell - 1, hd[HD_TOP])
     _head(ws, hd, top, st[hd[HD_ST_Y]:hd[HD_ST_Y] + hd[HD_OUT]])
     return OK
 
@@ -230,17 +241,14 @@ def _update_stream(gates, ws, hd, cm, cell, addr, h, m):
     """A cell's pointwise update for one stream of step_many: gates (ROWS,) its W.x + R.h,
     addr its buffer (state updated there), h (P,) receives the new h; m scratch (H,)."""
     H = cm[C_H]
-    P = cm[C_P]
-    ncell = hd[HD_NCELL]
     st = _f32_at(addr, hd[HD_ST_LEN])
-    c0 = ncell * hd[HD_PMAX] + cell * hd[HD_HMAX]
-    c = st[c0:c0 + H]
+    c = _c_of(st, hd, cell, H)
     b = ws[cm[C_B]:cm[C_B] + 4 * H]
     for u0 in range(0, H, hd[HD_BLOCK]):
         n = min(hd[HD_BLOCK], H - u0)
         _update_block(gates[4 * u0:4 * u0 + 4 * n], b[4 * u0:4 * u0 + 4 * n], ws, cm, u0, n, c, m)
     _new_h(ws, cm, m, h)
-    st[cell * hd[HD_PMAX]:cell * hd[HD_PMAX] + P] = h
+    _h_of(st, hd, cell, cm[C_P])[:] = h
 
 
 @kernel
@@ -260,7 +268,6 @@ def _step_many(x, wp, meta, addrs, y):
                 return NONFINITE
     ws = wp.view(np.float32)
     hd = meta[0]
-    pmax = hd[HD_PMAX]
     nthreads = hd[HD_THREADS]
     m = np.empty(hd[HD_HMAX], np.float32)
     nobias = ws[:0]
@@ -270,7 +277,7 @@ def _step_many(x, wp, meta, addrs, y):
         P = cm[C_P]
         hs = np.empty((N, P), np.float32)  # h of every stream: R's operand, then the new h
         for i in range(N):
-            hs[i] = _f32_at(addrs[i], hd[HD_ST_LEN])[cell * pmax:cell * pmax + P]
+            hs[i] = _h_of(_f32_at(addrs[i], hd[HD_ST_LEN]), hd, cell, P)
         gates = np.empty((N, cm[C_ROWS]), np.float32)
         if nthreads > 1:
             _gemm_panel_par(xin, _w(wp, cm), nobias, False, gates, nthreads)
