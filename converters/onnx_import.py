@@ -16,8 +16,7 @@ list of unsupported ops; select="lstm" keeps only the LSTM stack instead.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -26,6 +25,10 @@ from onnx import numpy_helper
 from lstm_engine import activations as acts
 from lstm_engine.errors import ModelError
 from lstm_engine.model import Direction, Embedding, Head, Layer, Model
+
+from .onnx_files import load_proto, tensor
+from .onnx_graphio import GraphIO
+from .onnx_values import AnyShape, Const, Data, ShapeVec, Unknown, ZeroState
 
 _BIG_T, _BIG_B = 100003, 100019  # stand-ins for symbolic T and B in reshape arithmetic
 _ALL = 1 << 20  # cell count of a state input whose size the graph does not fix
@@ -36,158 +39,12 @@ _LSTM_ATTRS = {"activation_alpha", "activation_beta", "activations", "clip", "di
                "hidden_size", "input_forget", "layout"}
 
 
-# ---- abstract values -------------------------------------------------------------
-@dataclass(frozen=True)
-class Const:
-    value: np.ndarray
-
-
-@dataclass(frozen=True)
-class Data:
-    kind: str  # ids | frames | lstm_y | state | raw3 (a float 3-D graph input, frames or state)
-    axes: tuple  # labels, see module docstring
-    stage: object = None  # frames/lstm_y: stage index, or "head"
-    which: str = ""  # state: "h" or "c"
-    cells: tuple = ()  # state: cell indices along S (or the one cell when S is gone)
-    source: str = ""  # the graph input it comes from ("" = computed)
-    head: tuple = ()  # frames at the head: what has been applied ("mm", "bias", "act")
-
-
-@dataclass(frozen=True)
-class ShapeVec:
-    dims: tuple  # ints, or "T"/"B"
-
-
-@dataclass(frozen=True)
-class ZeroState:
-    """Zeros made at run time (ConstantOfShape), as exporters build a default state."""
-
-
-@dataclass(frozen=True)
-class AnyShape:
-    """The shape of a tensor this importer does not follow: good for making zeros only."""
-
-
-@dataclass(frozen=True)
-class Unknown:
-    why: str
-
-
-@dataclass
-class GraphIO:
-    """How a graph's inputs and outputs map onto Engine.run / Stream state."""
-
-    x: str = ""  # graph input of frames or token ids
-    layout: int = 0  # 0: x is (T, B, ...), 1: (B, T, ...)
-    batched: bool = True  # False when x has no batch axis
-    lengths: str = ""  # graph input of sequence_lens, if any
-    # state tensors: lists of (graph name, first cell, cells), cells in the engine's state order
-    h0: list = field(default_factory=list)
-    c0: list = field(default_factory=list)
-    y: str = ""  # graph output of the model output
-    y_axes: tuple = ()  # its axes: T, B, then F (stage features) or O (head); or an LSTM's
-    #                     raw (T, D, B, P) / (B, T, D, P), where D*P is the engine's F
-    hn: list = field(default_factory=list)
-    cn: list = field(default_factory=list)
-    state_axes: tuple = ("S", "B", "P")  # axes of state tensors; ("B", "S", "P") for layout 1
-    extras: list = field(default_factory=list)  # graph outputs not mapped (select="lstm")
-
-    def engine_args(self, feeds: dict, model: Model):
-        """Graph feeds -> (X, state, lengths) for Engine.run."""
-        X = np.asarray(feeds[self.x])
-        state = None
-        if self.h0:
-            s = self.state_axes.index("S")
-            state = tuple([np.take(np.asarray(feeds[name]), k, axis=s) for name, _, n in runs for k in range(n)]
-                          for runs in (self.h0, self.c0))
-        lengths = np.asarray(feeds[self.lengths]) if self.lengths else None
-        return X, state, lengths
-
-    def graph_outputs(self, Y, state, model: Model) -> dict:
-        """Engine.run results -> {graph output name: array in the graph's layout}."""
-        out = {}
-        if self.y:
-            lead = ("B", "T") if model.layout == 1 else ("T", "B")
-            axes, arr = list(lead if Y.ndim == 3 else lead[:1]), Y
-            if "D" in self.y_axes:  # the raw LSTM output: split F into (D, P)
-                top = model.layers[-1]
-                arr = arr.reshape(arr.shape[:-1] + (top.num_directions, top.proj_size))
-                axes += ["D", "P"]
-            else:
-                axes.append(self.y_axes[-1])
-            real = [a for a in self.y_axes if a != "1"]
-            arr = np.transpose(arr, [axes.index(a) for a in real])
-            out[self.y] = arr.reshape([1 if a == "1" else arr.shape[real.index(a)] for a in self.y_axes])
-        s = self.state_axes.index("S")
-        for runs, arrays in ((self.hn, state[0]), (self.cn, state[1])):
-            for name, first, n in runs:
-                part = arrays[first:first + n]
-                out[name] = np.stack(part, axis=s if np.ndim(part[0]) == 2 else 0)
-        return out
-
-
 class _Refuse(Exception):
     pass
 
 
 class _Downstream(_Refuse):
     """Refused only because an input was refused: not a cause worth reporting."""
-
-
-# ---- loading ----------------------------------------------------------------------
-def _load(src) -> tuple[onnx.ModelProto, str | None]:
-    if isinstance(src, onnx.ModelProto):
-        return src, None
-    try:
-        if isinstance(src, (bytes, bytearray, memoryview)):
-            return onnx.load_model_from_string(bytes(src)), None
-        path = os.fspath(src)
-        if not os.path.isfile(path):
-            raise ModelError(f"{path}: no such file")
-        with open(path, "rb") as f:
-            return onnx.load_model_from_string(f.read()), os.path.dirname(os.path.abspath(path))
-    except ModelError:
-        raise
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise ModelError(f"not a readable ONNX model ({type(e).__name__}: {e})") from None
-
-
-def _external(t: onnx.TensorProto, base: str | None) -> np.ndarray:
-    """An external-data tensor, read only from inside the model's folder (DESIGN §7)."""
-    info = {e.key: e.value for e in t.external_data}
-    loc = info.get("location", "")
-    if base is None:
-        raise ModelError(f"initializer {t.name!r}: stored in external file {loc!r}, but the model was "
-                         "not loaded from a path; load it with from_onnx(path)")
-    if not loc or os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/"):
-        raise ModelError(f"initializer {t.name!r}: external data location {loc!r} leaves the model's folder")
-    root = os.path.realpath(base)
-    full = os.path.realpath(os.path.join(root, loc))
-    if os.path.commonpath([root, full]) != root:
-        raise ModelError(f"initializer {t.name!r}: external data {loc!r} resolves outside the model's "
-                         "folder (symlink)")
-    try:
-        offset, length = int(info.get("offset", 0)), info.get("length")
-        with open(full, "rb") as f:
-            f.seek(offset)
-            raw = f.read() if length is None else f.read(int(length))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"initializer {t.name!r}: cannot read external data {loc!r} ({e})") from None
-    t2 = onnx.TensorProto()
-    t2.CopyFrom(t)
-    del t2.external_data[:]
-    t2.data_location = onnx.TensorProto.DEFAULT
-    t2.raw_data = raw
-    return _array(t2)
-
-
-def _array(t: onnx.TensorProto, base: str | None = None) -> np.ndarray:
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        return _external(t, base)
-    try:
-        return numpy_helper.to_array(t)
-    except Exception as e:
-        raise ModelError(f"tensor {t.name!r}: damaged ({type(e).__name__}: {e})") from None
 
 
 # ---- the interpreter ----------------------------------------------------------------
@@ -210,7 +67,7 @@ class _Importer:
         self.input_dims = {}  # graph input -> static dims (None where symbolic)
         constants = dict(constants or {})
         for t in self.g.initializer:
-            self.vals[t.name] = Const(_array(t, base))
+            self.vals[t.name] = Const(tensor(t, base))
         for vi in self.g.input:
             if vi.name in constants:
                 self.vals[vi.name] = Const(np.asarray(constants.pop(vi.name)))
@@ -897,10 +754,10 @@ def import_onnx(src, constants=None, select=None) -> tuple[Model, GraphIO]:
     """The Model and the graph-interface mapping (see GraphIO)."""
     if select not in (None, "lstm"):
         raise ValueError(f"select={select!r}: the only option is 'lstm'")
-    return _import(*_load(src), constants, select)
+    return import_proto(*load_proto(src), constants, select)
 
 
-def _import(proto, base, constants=None, select=None) -> tuple[Model, GraphIO]:
+def import_proto(proto, base, constants=None, select=None) -> tuple[Model, GraphIO]:
     """import_onnx on a parsed model; base: its folder (for external data), or None."""
     try:
         return _Importer(proto, base, constants, select).run()

@@ -100,13 +100,14 @@ def validate(src, inputs=None, steps=100, tol=None, batch=2, seed=0, precision="
     """Compare; returns a JSON-ready dict with per-output errors and an overall pass.
     precision: the engine's (the reference stays onnxruntime's fp32); tol None takes
     TOLERANCES[precision]."""
-    from converters.onnx_import import _import, _load
+    from converters.onnx_files import load_proto
+    from converters.onnx_import import import_proto
 
     if precision not in TOLERANCES:
         raise ValueError(f"precision {precision!r} is not available; choose from {tuple(TOLERANCES)}")
     tol = TOLERANCES[precision] if tol is None else tol
-    proto, base = _load(src)  # parsed once: onnxruntime and the converter share it
-    model, io = _import(proto, base)
+    proto, base = load_proto(src)  # parsed once: onnxruntime and the converter share it
+    model, io = import_proto(proto, base)
     feeds = dict(inputs) if inputs is not None else random_inputs(proto, model, io, steps, batch, seed)
     ref, ref_name = _reference_outputs(proto, feeds, model, io)
     engine = Engine(model, precision=precision)
