@@ -36,14 +36,14 @@ def _external(t: onnx.TensorProto, base: str | None) -> np.ndarray:
     info = {e.key: e.value for e in t.external_data}
     loc = info.get("location", "")
     if base is None:
-        raise ModelError(f"initializer {t.name!r}: stored in external file {loc!r}, but the model was "
+        raise ModelError(f"tensor {t.name!r}: stored in external file {loc!r}, but the model was "
                          "not loaded from a path; load it with from_onnx(path)")
     if not loc or os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/"):
-        raise ModelError(f"initializer {t.name!r}: external data location {loc!r} leaves the model's folder")
+        raise ModelError(f"tensor {t.name!r}: external data location {loc!r} leaves the model's folder")
     root = os.path.realpath(base)
     full = os.path.realpath(os.path.join(root, loc))
     if os.path.commonpath([root, full]) != root:
-        raise ModelError(f"initializer {t.name!r}: external data {loc!r} resolves outside the model's "
+        raise ModelError(f"tensor {t.name!r}: external data {loc!r} resolves outside the model's "
                          "folder (symlink)")
     try:
         offset, length = int(info.get("offset", 0)), info.get("length")
@@ -51,7 +51,7 @@ def _external(t: onnx.TensorProto, base: str | None) -> np.ndarray:
             f.seek(offset)
             raw = f.read() if length is None else f.read(int(length))
     except (OSError, ValueError) as e:
-        raise ModelError(f"initializer {t.name!r}: cannot read external data {loc!r} ({e})") from None
+        raise ModelError(f"tensor {t.name!r}: cannot read external data {loc!r} ({e})") from None
     t2 = onnx.TensorProto()
     t2.CopyFrom(t)
     del t2.external_data[:]
@@ -68,3 +68,4 @@ def tensor(t: onnx.TensorProto, base: str | None = None) -> np.ndarray:
         return numpy_helper.to_array(t)
     except Exception as e:
         raise ModelError(f"tensor {t.name!r}: damaged ({type(e).__name__}: {e})") from None
+

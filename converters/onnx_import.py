@@ -20,7 +20,6 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from lstm_engine import activations as acts
 from lstm_engine.errors import ModelError
@@ -53,6 +52,7 @@ class _Importer:
         self.g = proto.graph
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.select = select
+        self.base = base  # the model's folder: external data of any tensor is read from there only
         self.vals: dict = {}
         self.io = GraphIO()
         self.layers: list = []  # Layer per LSTM node in stack order
@@ -151,7 +151,7 @@ class _Importer:
         if any(isinstance(v, Unknown) for v in present):
             raise _Downstream("input comes from an unsupported op")
         if op == "Constant":
-            return [Const(numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].type == onnx.AttributeProto.TENSOR
+            return [Const(tensor(node.attribute[0].t, self.base) if node.attribute[0].type == onnx.AttributeProto.TENSOR
                           else np.array(onnx.helper.get_attribute_value(node.attribute[0])))]
         if op.startswith("Random") or op in ("Bernoulli", "Multinomial"):
             raise _Refuse(f"{op} is not deterministic")
@@ -487,7 +487,7 @@ class _Importer:
 
     def _op_ConstantOfShape(self, node, ins, at):
         value = at.get("value")
-        if value is not None and np.any(numpy_helper.to_array(value)):
+        if value is not None and np.any(tensor(value, self.base)):
             raise _Refuse("ConstantOfShape with a non-zero value on the data path")
         return ZeroState()
 

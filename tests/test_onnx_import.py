@@ -220,35 +220,51 @@ def test_load_by_suffix(rng, tmp_path):
 
 
 # ---- external data (DESIGN §7) -------------------------------------------------------
-def _save_external(model, folder, location):
+def _save_external(model, folder, location, carrier="initializer"):
+    """The model saved with its weights in an external file; carrier "Constant" moves
+    them from initializers into Constant nodes, which may hold external data too."""
     proto = to_onnx(model)
     onnx.save(proto, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
               location=location, size_threshold=0)
+    if carrier == "Constant":
+        proto = onnx.load(folder / "m.onnx", load_external_data=False)
+        consts = [helper.make_node("Constant", [], [t.name], value=t) for t in proto.graph.initializer]
+        del proto.graph.initializer[:]
+        nodes = consts + list(proto.graph.node)
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        onnx.save(proto, folder / "m.onnx")
     return folder / "m.onnx"
 
 
 def _relocate(path, new_location):
     proto = onnx.load(path, load_external_data=False)
-    for t in proto.graph.initializer:
+    tensors = list(proto.graph.initializer) + [n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"]
+    for t in tensors:
         for e in t.external_data:
             if e.key == "location":
                 e.value = new_location
     onnx.save(proto, path)
 
 
-def test_external_data_inside_the_folder_loads(rng, tmp_path):
+CARRIERS = ["initializer", "Constant"]
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_external_data_inside_the_folder_loads(rng, tmp_path, carrier):
     model = make_model(rng, 4, (8,))
-    p = _save_external(model, tmp_path, "weights.bin")
+    p = _save_external(model, tmp_path, "weights.bin", carrier)
     assert from_onnx(p).fingerprint() == model.fingerprint()
     with pytest.raises(le.ModelError, match="not loaded from a path"):
         from_onnx(p.read_bytes())
 
 
-def test_external_data_escaping_the_folder_is_refused(rng, tmp_path):
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_external_data_escaping_the_folder_is_refused(rng, tmp_path, monkeypatch, carrier):
     model = make_model(rng, 4, (8,))
     inner = tmp_path / "model"
     inner.mkdir()
-    p = _save_external(model, inner, "weights.bin")
+    p = _save_external(model, inner, "weights.bin", carrier)
     (tmp_path / "secret.bin").write_bytes((inner / "weights.bin").read_bytes())
     for loc, match in [("../secret.bin", "leaves the model's folder"),
                        (str(tmp_path / "secret.bin"), "leaves the model's folder"),
@@ -263,6 +279,13 @@ def test_external_data_escaping_the_folder_is_refused(rng, tmp_path):
     _relocate(p, "missing.bin")
     with pytest.raises(le.ModelError, match="cannot read external data"):
         from_onnx(p)
+    # a relative location resolves in the model's folder, never in the working directory
+    monkeypatch.chdir(tmp_path)
+    _relocate(p, "secret.bin")
+    with pytest.raises(le.ModelError, match="cannot read external data"):
+        from_onnx(p)
+    with pytest.raises(le.ModelError, match="not loaded from a path"):
+        from_onnx(p.read_bytes())
 
 
 def test_reshape_after_the_head(rng):
