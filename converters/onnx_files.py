@@ -69,3 +69,14 @@ def tensor(t: onnx.TensorProto, base: str | None = None) -> np.ndarray:
     except Exception as e:
         raise ModelError(f"tensor {t.name!r}: damaged ({type(e).__name__}: {e})") from None
 
+
+def inlined(proto: onnx.ModelProto, base: str | None) -> onnx.ModelProto:
+    """A copy of proto whose external tensors (initializers, Constant values) hold their
+    data inline, read with tensor()'s checks: for consumers given bytes, like onnxruntime."""
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    attrs = [a.t for n in p.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    for t in [*p.graph.initializer, *attrs]:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            t.CopyFrom(numpy_helper.from_array(tensor(t, base), t.name))
+    return p

@@ -67,6 +67,27 @@ def test_validate_torch_export(tmp_path, capsys):
     assert out.count("PASS") == 7  # y, hn, cn offline and streamed, and the verdict
 
 
+def test_validate_external_data_runs_onnxruntime(rng, tmp_path, monkeypatch, capsys):
+    """Weights in an external file (initializers and a Constant node) reach onnxruntime
+    inline, read with the converter's folder checks, so the reference stays onnxruntime."""
+    from onnx import helper
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    proto = to_onnx(make_model(rng, 5, (8,), head=3), with_state=True)
+    b = proto.graph.initializer.pop(0)  # one weight travels in a Constant node instead
+    proto.graph.node.insert(0, helper.make_node("Constant", [], [b.name], value=b))
+    p = tmp_path / "m" / "m.onnx"
+    p.parent.mkdir()
+    convert_model_to_external_data(proto, location="w.bin", size_threshold=0, convert_attribute=True)
+    onnx.save(proto, p)
+    stored = onnx.load(p, load_external_data=False)
+    assert stored.graph.node[0].attribute[0].t.data_location == onnx.TensorProto.EXTERNAL
+    monkeypatch.chdir(tmp_path)  # the data must be found beside the model, not in the working directory
+    assert main(["validate", str(p), "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "reference: onnxruntime" in out and out.strip().endswith("PASS (tolerance 0.0001 on max abs error)")
+
+
 def test_validate_layout1_falls_back_to_reference(rng, tmp_path, capsys):
     """onnxruntime refuses layout=1 LSTM nodes: the float64 reference stands in."""
     from onnx import TensorProto, helper, numpy_helper
