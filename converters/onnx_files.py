@@ -1,6 +1,11 @@
-"""Reading ONNX files and their tensors, which come from elsewhere (DESIGN §7): damaged
-protobufs and tensors become ModelError, and external data is read only from inside
-the model's own folder (no absolute paths, no "..", no symlinks out).
+"""Reading ONNX files, which come from elsewhere (DESIGN §7): damaged protobufs and
+tensors become ModelError, and external data is read only from inside the model's own
+folder (no absolute paths, no "..", no symlinks out).
+
+External data is resolved once, at load, for every tensor the model holds (initializers,
+node attributes, subgraphs): what load_proto returns is self-contained, so nothing
+downstream -- constant folding, onnxruntime -- can read a file on its own, relative to
+the working directory.
 """
 from __future__ import annotations
 
@@ -12,27 +17,60 @@ from onnx import numpy_helper
 
 from lstm_engine.errors import ModelError
 
+_A = onnx.AttributeProto
 
-def load_proto(src) -> tuple[onnx.ModelProto, str | None]:
-    """A path, bytes or ModelProto -> (the parsed model, its folder for external data or None)."""
+
+def load_proto(src) -> onnx.ModelProto:
+    """A path, bytes or ModelProto -> the parsed model with all its tensors' data inside.
+    A ModelProto or bytes whose tensors live in external files is refused: there is no
+    folder to read them from (load it from its path)."""
     if isinstance(src, onnx.ModelProto):
-        return src, None
-    try:
-        if isinstance(src, (bytes, bytearray, memoryview)):
-            return onnx.load_model_from_string(bytes(src)), None
-        path = os.fspath(src)
-        if not os.path.isfile(path):
-            raise ModelError(f"{path}: no such file")
-        with open(path, "rb") as f:
-            return onnx.load_model_from_string(f.read()), os.path.dirname(os.path.abspath(path))
-    except ModelError:
-        raise
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise ModelError(f"not a readable ONNX model ({type(e).__name__}: {e})") from None
+        proto, base = src, None  # a caller's object: only ever read, as base None refuses external data
+    else:
+        try:
+            if isinstance(src, (bytes, bytearray, memoryview)):
+                proto, base = onnx.load_model_from_string(bytes(src)), None
+            else:
+                path = os.fspath(src)
+                if not os.path.isfile(path):
+                    raise ModelError(f"{path}: no such file")
+                with open(path, "rb") as f:
+                    proto, base = onnx.load_model_from_string(f.read()), os.path.dirname(os.path.abspath(path))
+        except ModelError:
+            raise
+        except Exception as e:  # protobuf raises DecodeError and friends
+            raise ModelError(f"not a readable ONNX model ({type(e).__name__}: {e})") from None
+    for t in _tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            t.CopyFrom(_inline(t, base))
+    return proto
 
 
-def _external(t: onnx.TensorProto, base: str | None) -> np.ndarray:
-    """An external-data tensor, read only from inside the model's folder (DESIGN §7)."""
+def _tensors(g: onnx.GraphProto):
+    """Every TensorProto a graph holds, its subgraphs' included."""
+    yield from g.initializer
+    for s in g.sparse_initializer:
+        yield from (s.values, s.indices)
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == _A.TENSOR:
+                yield a.t
+            elif a.type == _A.TENSORS:
+                yield from a.tensors
+            elif a.type == _A.SPARSE_TENSOR:
+                yield from (a.sparse_tensor.values, a.sparse_tensor.indices)
+            elif a.type == _A.SPARSE_TENSORS:
+                for s in a.sparse_tensors:
+                    yield from (s.values, s.indices)
+            elif a.type == _A.GRAPH:
+                yield from _tensors(a.g)
+            elif a.type == _A.GRAPHS:
+                for sub in a.graphs:
+                    yield from _tensors(sub)
+
+
+def _inline(t: onnx.TensorProto, base: str | None) -> onnx.TensorProto:
+    """An external-data tensor with its data read in, only from inside the model's folder."""
     info = {e.key: e.value for e in t.external_data}
     loc = info.get("location", "")
     if base is None:
@@ -57,26 +95,12 @@ def _external(t: onnx.TensorProto, base: str | None) -> np.ndarray:
     del t2.external_data[:]
     t2.data_location = onnx.TensorProto.DEFAULT
     t2.raw_data = raw
-    return tensor(t2)
+    return t2
 
 
-def tensor(t: onnx.TensorProto, base: str | None = None) -> np.ndarray:
-    """An initializer or Constant tensor as an array; external data is read from base only."""
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        return _external(t, base)
+def tensor(t: onnx.TensorProto) -> np.ndarray:
+    """A tensor of a model from load_proto as an array (ModelError when damaged)."""
     try:
         return numpy_helper.to_array(t)
     except Exception as e:
         raise ModelError(f"tensor {t.name!r}: damaged ({type(e).__name__}: {e})") from None
-
-
-def inlined(proto: onnx.ModelProto, base: str | None) -> onnx.ModelProto:
-    """A copy of proto whose external tensors (initializers, Constant values) hold their
-    data inline, read with tensor()'s checks: for consumers given bytes, like onnxruntime."""
-    p = onnx.ModelProto()
-    p.CopyFrom(proto)
-    attrs = [a.t for n in p.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
-    for t in [*p.graph.initializer, *attrs]:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            t.CopyFrom(numpy_helper.from_array(tensor(t, base), t.name))
-    return p

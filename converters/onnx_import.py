@@ -48,11 +48,10 @@ class _Downstream(_Refuse):
 
 # ---- the interpreter ----------------------------------------------------------------
 class _Importer:
-    def __init__(self, proto: onnx.ModelProto, base, constants, select):
+    def __init__(self, proto: onnx.ModelProto, constants, select):
         self.g = proto.graph
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.select = select
-        self.base = base  # the model's folder: external data of any tensor is read from there only
         self.vals: dict = {}
         self.io = GraphIO()
         self.layers: list = []  # Layer per LSTM node in stack order
@@ -67,7 +66,7 @@ class _Importer:
         self.input_dims = {}  # graph input -> static dims (None where symbolic)
         constants = dict(constants or {})
         for t in self.g.initializer:
-            self.vals[t.name] = Const(tensor(t, base))
+            self.vals[t.name] = Const(tensor(t))
         for vi in self.g.input:
             if vi.name in constants:
                 self.vals[vi.name] = Const(np.asarray(constants.pop(vi.name)))
@@ -151,7 +150,7 @@ class _Importer:
         if any(isinstance(v, Unknown) for v in present):
             raise _Downstream("input comes from an unsupported op")
         if op == "Constant":
-            return [Const(tensor(node.attribute[0].t, self.base) if node.attribute[0].type == onnx.AttributeProto.TENSOR
+            return [Const(tensor(node.attribute[0].t) if node.attribute[0].type == onnx.AttributeProto.TENSOR
                           else np.array(onnx.helper.get_attribute_value(node.attribute[0])))]
         if op.startswith("Random") or op in ("Bernoulli", "Multinomial"):
             raise _Refuse(f"{op} is not deterministic")
@@ -487,7 +486,7 @@ class _Importer:
 
     def _op_ConstantOfShape(self, node, ins, at):
         value = at.get("value")
-        if value is not None and np.any(tensor(value, self.base)):
+        if value is not None and np.any(tensor(value)):
             raise _Refuse("ConstantOfShape with a non-zero value on the data path")
         return ZeroState()
 
@@ -754,13 +753,13 @@ def import_onnx(src, constants=None, select=None) -> tuple[Model, GraphIO]:
     """The Model and the graph-interface mapping (see GraphIO)."""
     if select not in (None, "lstm"):
         raise ValueError(f"select={select!r}: the only option is 'lstm'")
-    return import_proto(*load_proto(src), constants, select)
+    return import_proto(load_proto(src), constants, select)
 
 
-def import_proto(proto, base, constants=None, select=None) -> tuple[Model, GraphIO]:
-    """import_onnx on a parsed model; base: its folder (for external data), or None."""
+def import_proto(proto, constants=None, select=None) -> tuple[Model, GraphIO]:
+    """import_onnx on a model from onnx_files.load_proto (self-contained: no external data)."""
     try:
-        return _Importer(proto, base, constants, select).run()
+        return _Importer(proto, constants, select).run()
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
         if isinstance(e, ModelError):
             raise

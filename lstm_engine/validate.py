@@ -48,15 +48,14 @@ def random_inputs(proto, model, io, steps=100, batch=2, seed=0) -> dict:
     return feeds
 
 
-def _reference_outputs(proto, base, feeds, model, io):
+def _reference_outputs(proto, feeds, model, io):
     """onnxruntime on the original graph; if it refuses, the float64 NumPy reference.
-    base: the model's folder, whose external data onnxruntime gets inline."""
+    proto: from load_proto, so external data is already inside, read with its checks."""
     try:
         import onnxruntime as ort
 
-        from converters.onnx_files import inlined
-
-        p = inlined(proto, base)
+        p = onnx.ModelProto()
+        p.CopyFrom(proto)
         p.ir_version = min(p.ir_version, 10)  # onnxruntime reads IR <= 10 reliably
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
@@ -108,10 +107,10 @@ def validate(src, inputs=None, steps=100, tol=None, batch=2, seed=0, precision="
     if precision not in TOLERANCES:
         raise ValueError(f"precision {precision!r} is not available; choose from {tuple(TOLERANCES)}")
     tol = TOLERANCES[precision] if tol is None else tol
-    proto, base = load_proto(src)  # parsed once: onnxruntime and the converter share it
-    model, io = import_proto(proto, base)
+    proto = load_proto(src)  # parsed once: onnxruntime and the converter share it
+    model, io = import_proto(proto)
     feeds = dict(inputs) if inputs is not None else random_inputs(proto, model, io, steps, batch, seed)
-    ref, ref_name = _reference_outputs(proto, base, feeds, model, io)
+    ref, ref_name = _reference_outputs(proto, feeds, model, io)
     engine = Engine(model, precision=precision)
     X, state, lengths = io.engine_args(feeds, model)
     runs = {"offline": engine.run(X, state, lengths)}

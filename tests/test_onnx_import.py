@@ -288,6 +288,31 @@ def test_external_data_escaping_the_folder_is_refused(rng, tmp_path, monkeypatch
         from_onnx(p.read_bytes())
 
 
+def test_external_data_in_any_attribute_stays_in_the_folder(tmp_path, monkeypatch):
+    """A tensor attribute that the importer folds (ConstantOfShape's value on a constant
+    shape, which ONNX's own evaluator would read relative to the working directory)
+    obeys the same rule as initializers: found in the model's folder, or refused."""
+    H, I = 2, 3
+    value = TensorProto(name="v", data_type=TensorProto.FLOAT, dims=[1], data_location=TensorProto.EXTERNAL)
+    for k, v in (("location", "v.bin"), ("offset", "4"), ("length", "4")):
+        value.external_data.add(key=k, value=v)
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["W"], value=value),
+             helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=H)]
+    inits = [numpy_helper.from_array(np.array([1, 4 * H, I], np.int64), "shape"),
+             numpy_helper.from_array(np.zeros((1, 4 * H, H), np.float32), "R")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, I])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    inner = tmp_path / "model"
+    inner.mkdir()
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]), inner / "m.onnx")
+    np.array([7, 2.5], np.float32).tofile(tmp_path / "v.bin")  # beside the working directory only
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(le.ModelError, match="cannot read external data 'v.bin'"):
+        from_onnx(inner / "m.onnx")
+    np.array([7, -1.5], np.float32).tofile(inner / "v.bin")
+    assert np.all(from_onnx(inner / "m.onnx").layers[0].directions[0].W == -1.5)
+
+
 def test_reshape_after_the_head(rng):
     """Glue after the head (here a Reshape that keeps the shape) sizes the O axis right."""
     model = make_model(rng, 5, (8,), head=3, head_act="Softmax")
