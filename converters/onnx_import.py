@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from lstm_engine import activations as acts
 from lstm_engine.errors import ModelError
@@ -36,6 +37,11 @@ _GLUE = {"Identity", "Dropout", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Re
 _HEAD_ACTS = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Relu"}
 _LSTM_ATTRS = {"activation_alpha", "activation_beta", "activations", "clip", "direction",
                "hidden_size", "input_forget", "layout"}
+# Folding constants may create this many elements beyond what it was given, over one import
+# (256 MB of float32): a few bytes of ConstantOfShape, Expand, Tile, Range or an outer
+# product must not make the importer allocate what the file never held (DESIGN §7).
+_FOLD_GROWTH = 1 << 26
+_SHAPE_ONLY = 1 << 12  # fold inputs this large reach shape inference as shapes, not values
 
 
 class _Refuse(Exception):
@@ -44,6 +50,20 @@ class _Refuse(Exception):
 
 class _Downstream(_Refuse):
     """Refused only because an input was refused: not a cause worth reporting."""
+
+
+def _output_elements(m: onnx.ModelProto) -> int:
+    """Elements m's graph outputs will hold, by ONNX shape inference before anything is
+    computed; outputs whose shape it cannot tell count 0."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, data_prop=True).graph
+    except Exception:  # inference refuses what the evaluator may still fold
+        return 0
+    outs = {o.name for o in m.graph.output}
+    known = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+             for v in [*inferred.output, *inferred.value_info]
+             if v.name in outs and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
+    return sum(int(np.prod(dims, dtype=object)) for dims in known.values())
 
 
 # ---- the interpreter ----------------------------------------------------------------
@@ -64,6 +84,7 @@ class _Importer:
         self._run_start = {}  # state input -> its first cell used
         self._y_layout = 0
         self.input_dims = {}  # graph input -> static dims (None where symbolic)
+        self._grown = 0  # elements constant folding created beyond its inputs (_FOLD_GROWTH)
         constants = dict(constants or {})
         for t in self.g.initializer:
             self.vals[t.name] = Const(tensor(t))
@@ -169,18 +190,29 @@ class _Importer:
     def _fold(self, node, ins):
         from onnx.reference import ReferenceEvaluator
 
+        h = onnx.helper
         names = [f"i{k}" if v is not None else "" for k, v in enumerate(ins)]
-        n2 = onnx.helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))],
-                                   domain=node.domain)
+        n2 = h.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
         n2.attribute.extend(node.attribute)
         feeds = {f"i{k}": v.value for k, v in enumerate(ins) if v is not None}
-        g = onnx.helper.make_graph([n2], "fold", [onnx.helper.make_tensor_value_info(k, onnx.TensorProto.UNDEFINED, None)
-                                                  for k in feeds],
-                                   [onnx.helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None)
-                                    for k in range(len(node.output))])
-        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", self.opset)])
+        # small inputs become constants of the fold's model, so that shape inference sees
+        # the sizes that shape vectors, repeats or ranges ask for; large ones stay inputs
+        big = {k: v for k, v in feeds.items() if v.size > _SHAPE_ONLY}
         try:
-            res = ReferenceEvaluator(m).run(None, feeds)
+            g = h.make_graph([n2], "fold",
+                             [h.make_tensor_value_info(k, h.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                              for k, v in big.items()],
+                             [h.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in n2.output],
+                             [numpy_helper.from_array(v, k) for k, v in feeds.items() if k not in big])
+            m = h.make_model(g, opset_imports=[h.make_opsetid("", self.opset)])
+        except Exception as e:
+            raise _Refuse(f"cannot fold constant {node.op_type}: {e}") from None
+        self._grown += max(_output_elements(m) - sum(v.size for v in feeds.values()), 0)
+        if self._grown > _FOLD_GROWTH:
+            raise _Refuse(f"constant folding would create {self._grown} elements beyond what the file "
+                          f"holds (at most {_FOLD_GROWTH})")
+        try:
+            res = ReferenceEvaluator(m).run(None, big)
         except Exception as e:
             raise _Refuse(f"cannot fold constant {node.op_type}: {e}") from None
         return [Const(np.asarray(r)) for r in res]

@@ -313,6 +313,32 @@ def test_external_data_in_any_attribute_stays_in_the_folder(tmp_path, monkeypatc
     assert np.all(from_onnx(inner / "m.onnx").layers[0].directions[0].W == -1.5)
 
 
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand", "Tile", "Range", "MatMul"])
+def test_constant_folding_cannot_blow_up(op):
+    """A few bytes of constants that would fold into 10^10 elements are refused before
+    anything is allocated (DESIGN §7: a small file must not exhaust memory)."""
+    big = 100000
+    ins = {"ConstantOfShape": [np.array([big, big], np.int64)],
+           "Expand": [np.ones(1, np.float32), np.array([big, big], np.int64)],  # zeros are never made
+           "Tile": [np.ones((1, 1), np.float32), np.array([big, big], np.int64)],
+           "Range": [np.array(0, np.int64), np.array(big * big, np.int64), np.array(1, np.int64)],
+           "MatMul": [np.zeros((big, 1), np.float32), np.zeros((1, big), np.float32)]}[op]
+    names = [f"c{k}" for k in range(len(ins))]
+    nodes = [helper.make_node(op, names, ["big"]),
+             helper.make_node("Shape", ["big"], ["s"]),  # keeps the folded value on the way to W
+             helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["sf"], ["total"], keepdims=0),
+             helper.make_node("Expand", ["total", "wshape"], ["W"]),
+             helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=2)]
+    inits = [numpy_helper.from_array(v, n) for v, n in zip(ins, names)] + [
+        numpy_helper.from_array(np.array([1, 8, 3], np.int64), "wshape"),
+        numpy_helper.from_array(np.zeros((1, 8, 2), np.float32), "R")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, 3])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    with pytest.raises(le.ModelError, match="constant folding would create"):
+        from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
 def test_reshape_after_the_head(rng):
     """Glue after the head (here a Reshape that keeps the shape) sizes the O axis right."""
     model = make_model(rng, 5, (8,), head=3, head_act="Softmax")
