@@ -150,13 +150,34 @@ def _read_zip_checkpoint(path) -> object:
         raise ModelError(f"{path}: damaged PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
 
+_ZIP_EXPANSION = 8  # a checkpoint's members may claim this many times the file's bytes (+ 1 MB)
+
+
+def _check_zip_sizes(path):
+    """Refuse an archive whose members claim far more bytes than the file holds (a zip
+    bomb), before anything is decompressed: torch.save stores members uncompressed, so a
+    real checkpoint claims about its own size."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            claimed = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise ModelError(f"{path}: damaged PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    size = os.path.getsize(path)
+    if claimed > _ZIP_EXPANSION * size + (1 << 20):
+        raise ModelError(f"{path}: its members claim {claimed} bytes from a {size}-byte file; refused "
+                         "(torch.save stores them uncompressed)")
+
+
 def _read_checkpoint(path):
     try:
         import torch
     except ImportError:
         torch = None
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_zip_sizes(path)
     if torch is None:
-        if not zipfile.is_zipfile(path):
+        if not is_zip:
             raise ModelError(f"{path}: legacy (non-zip) PyTorch format; reading it needs torch installed "
                              "(or re-save it with a current torch.save)")
         return _read_zip_checkpoint(path)

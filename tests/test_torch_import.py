@@ -197,15 +197,35 @@ def run_without_torch(folder, *names):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _zip_bomb(path, real):
+    """real's members, deflated, with its first tensor storage swapped for 64 MB of zeros
+    (~64 KB compressed): reading that tensor would unpack all of it."""
+    import zipfile
+
+    with zipfile.ZipFile(real) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        storages = [n for n in src.namelist() if "/data/" in n]
+        for info in src.infolist():
+            dst.writestr(info.filename, bytes(64 << 20) if info.filename == storages[0] else src.read(info))
+
+
+def test_zip_bomb_is_refused_before_decompressing(saved, tmp_path):
+    files, _, _ = saved
+    _zip_bomb(tmp_path / "bomb.pt", files["zip"])
+    assert (tmp_path / "bomb.pt").stat().st_size < 1 << 20
+    with pytest.raises(le.ModelError, match="claim .* bytes from a .*-byte file"):
+        from_torch(tmp_path / "bomb.pt")
+
+
 def test_without_torch(saved, tmp_path):
     files, _, _ = saved
     marker = tmp_path / "pwned"
     _evil_zip(tmp_path / "evil.pt", marker, files["zip"])
+    _zip_bomb(tmp_path / "bomb.pt", files["zip"])
     (tmp_path / "evil_legacy.pt").write_bytes(_evil_pickle(marker))
     data = files["zip"].read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[:len(data) // 2])
     out = run_without_torch(tmp_path, "m.pt", "ckpt.pt", "half.pt", "m.safetensors", "bf16.safetensors",
-                            "legacy.pth", "evil.pt", "evil_legacy.pt", "truncated.pt")
+                            "legacy.pth", "evil.pt", "evil_legacy.pt", "truncated.pt", "bomb.pt")
     assert out.pop("torch_loaded") is False
     assert out["m.pt"] <= TOL and out["ckpt.pt"] <= TOL and out["m.safetensors"] <= TOL
     assert out["half.pt"] <= 5e-3 and out["bf16.safetensors"] <= 5e-2
@@ -213,6 +233,7 @@ def test_without_torch(saved, tmp_path):
     assert "posix.system" in out["evil.pt"] or "os.system" in out["evil.pt"]
     assert "needs torch" in out["evil_legacy.pt"]
     assert out["truncated.pt"].startswith("ModelError")
+    assert "bytes from a" in out["bomb.pt"]
     assert not marker.exists()
 
 
