@@ -38,6 +38,13 @@ def _bf16(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
+def _count(v) -> int:
+    """A size or offset from a JSON header: a non-negative integer (not a bool, not a float)."""
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{v!r} is not a count")
+    return v
+
+
 def read_safetensors(path) -> dict:
     """A .safetensors file as {name: float32 array}; checks every offset against the file."""
     with open(path, "rb") as f:
@@ -47,8 +54,10 @@ def read_safetensors(path) -> dict:
         if n > len(data) - 8:
             raise ValueError("header longer than the file")
         header = json.loads(data[8:8 + n])
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not a readable safetensors file ({e})") from None
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (struct.error, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
     body = memoryview(data)[8 + n:]
     out = {}
     for name, info in header.items():
@@ -56,10 +65,10 @@ def read_safetensors(path) -> dict:
             continue
         try:
             dt = _SAFE_DTYPES[info["dtype"]]
-            start, end = info["data_offsets"]
-            shape = tuple(int(s) for s in info["shape"])
+            start, end = (_count(v) for v in info["data_offsets"])
+            shape = tuple(_count(v) for v in info["shape"])
         except (KeyError, TypeError, ValueError):
-            raise ModelError(f"{path}: tensor {name!r}: unsupported dtype or damaged entry {info!r}") from None
+            raise ModelError(f"{path}: tensor {name!r}: unsupported dtype or damaged entry {info!r:.200}") from None
         if not 0 <= start <= end <= len(body):
             raise ModelError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
         itemsize = 2 if dt == "bf16" else np.dtype(dt).itemsize

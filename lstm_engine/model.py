@@ -326,8 +326,8 @@ class Model:
                              "(for PyTorch weights use converters.from_torch)")
         try:
             meta = json.loads(header)
-        except json.JSONDecodeError as e:
-            raise ModelError(f"{path}: damaged metadata ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ModelError(f"{path}: damaged metadata ({str(e)[:200]})") from None
         return cls._from_meta(meta, tensors, path)
 
     @classmethod

@@ -1,4 +1,7 @@
-"""Mutated model files give a Model or a ModelError -- never another exception (DESIGN §7)."""
+"""Mutated and crafted model files give a Model or a ModelError -- never another exception (DESIGN §7)."""
+import json
+import struct
+
 import numpy as np
 import pytest
 
@@ -52,3 +55,57 @@ def test_mutated_safetensors(tmp_path):
 
     save_file(dict(torch.nn.LSTM(3, 4).state_dict()), str(tmp_path / "ok.safetensors"))
     survives(from_torch, (tmp_path / "ok.safetensors").read_bytes(), tmp_path, ".safetensors")
+
+
+def _lying_safetensors(path, change):
+    """A valid nn.LSTM(3, 4) safetensors file, then its header changed by change(header)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    save_file({k: rng.standard_normal(s).astype(np.float32) for k, s in
+               {"weight_ih_l0": (16, 3), "weight_hh_l0": (16, 4), "bias_ih_l0": (16,), "bias_hh_l0": (16,)}.items()},
+              str(path))
+    data = path.read_bytes()
+    n = struct.unpack_from("<Q", data)[0]
+    header = change(json.loads(data[8:8 + n]))
+    h = (header if isinstance(header, str) else json.dumps(header)).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data[8 + n:])
+
+
+def _set(key, value):
+    def change(header):
+        header["weight_ih_l0"][key] = value
+        return header
+    return change
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: [h],  # a header that is not an object
+    lambda h: "[" * 100000 + "]" * 100000,  # nesting deeper than the JSON parser recurses
+    _set("shape", [-16, -3]),  # negative dims whose product fits the bytes
+    _set("shape", [16.0, 3.0]),
+    _set("shape", [True, 16, 3]),
+    _set("data_offsets", ["0", "192"]),
+    _set("data_offsets", [0, 96, 192]),
+    lambda h: {**h, "weight_ih_l0": [1, 2]},
+], ids=["list", "deep", "negative-shape", "float-shape", "bool-shape", "string-offsets", "three-offsets",
+        "entry-not-object"])
+def test_crafted_safetensors_headers(tmp_path, change):
+    """Well-formed JSON that lies about one tensor of an otherwise loadable file: a
+    ModelError, whatever the lie."""
+    p = tmp_path / "m.safetensors"
+    _lying_safetensors(p, lambda h: h)
+    from_torch(p)  # loads as it is
+    _lying_safetensors(p, change)
+    with pytest.raises(le.ModelError):
+        from_torch(p)
+
+
+def test_native_metadata_nested_too_deep(tmp_path):
+    from safetensors.numpy import save_file
+
+    from lstm_engine.model import FORMAT
+
+    save_file({"a": np.zeros(1, np.float32)}, str(tmp_path / "deep.lstm"), metadata={FORMAT: "[" * 100000 + "]" * 100000})
+    with pytest.raises(le.ModelError, match="damaged metadata"):
+        le.load(tmp_path / "deep.lstm")
