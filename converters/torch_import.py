@@ -88,10 +88,22 @@ _STORAGES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStora
              "BFloat16Storage": "bf16"}
 
 
+_EXPANDED = 1 << 26  # bytes a tensor may hold beyond its storage (a view that repeats it)
+
+
+def _check_expansion(nbytes, storage_bytes, what):
+    """Refuse a tensor that repeats its storage into far more bytes than the file holds
+    (stride 0): a few bytes must not unpack into gigabytes."""
+    if nbytes > storage_bytes + _EXPANDED:
+        raise ModelError(f"{what} holds {nbytes} bytes from a storage of {storage_bytes} (an expanded "
+                         "view); refused, weights never need one")
+
+
 def _rebuild_tensor(storage, offset, size, stride, *_):
     size, stride = tuple(size), tuple(stride)
     if not isinstance(storage, np.ndarray) or offset < 0 or any(s < 0 for s in size + stride):
         raise ModelError("damaged tensor record in checkpoint")
+    _check_expansion(int(np.prod(size, dtype=object)) * storage.itemsize, storage.nbytes, "a checkpoint tensor")
     if size and min(size) > 0:
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= storage.size:
@@ -209,6 +221,8 @@ def _tensors(obj, where) -> dict:
     out = {}
     for k, v in obj.items():
         if _is_array(v):
+            if not isinstance(v, np.ndarray):  # torch.load rebuilt it: it may be a view that repeats its storage
+                _check_expansion(v.numel() * v.element_size(), v.untyped_storage().nbytes(), f"{where}: {k!r}")
             out[str(k)] = _as_array(v)
     return out
 

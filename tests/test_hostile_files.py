@@ -109,3 +109,16 @@ def test_native_metadata_nested_too_deep(tmp_path):
     save_file({"a": np.zeros(1, np.float32)}, str(tmp_path / "deep.lstm"), metadata={FORMAT: "[" * 100000 + "]" * 100000})
     with pytest.raises(le.ModelError, match="damaged metadata"):
         le.load(tmp_path / "deep.lstm")
+
+
+@pytest.mark.parametrize("reader", ["torch", "restricted"])
+def test_checkpoint_tensor_repeating_its_storage(tmp_path, reader):
+    """A 2-byte storage viewed as 2^27 elements (stride 0) would unpack into 512 MB of
+    float32: refused by both readers before anything that large is made."""
+    torch = pytest.importorskip("torch")
+    sd = dict(torch.nn.LSTM(3, 4).state_dict())
+    sd["buffer"] = torch.zeros(1, dtype=torch.float16).expand(1 << 27)
+    torch.save(sd, tmp_path / "bomb.pt")
+    assert (tmp_path / "bomb.pt").stat().st_size < 1 << 20
+    with pytest.raises(le.ModelError, match="expanded view"):
+        from_torch(tmp_path / "bomb.pt" if reader == "torch" else _read_zip_checkpoint(tmp_path / "bomb.pt"))
