@@ -220,10 +220,17 @@ def _tensors(obj, where) -> dict:
         raise ModelError(f"{where}: no tensors found" + (f"; candidate sub-dicts: {nested}" if nested else ""))
     out = {}
     for k, v in obj.items():
-        if _is_array(v):
-            if not isinstance(v, np.ndarray):  # torch.load rebuilt it: it may be a view that repeats its storage
+        if isinstance(v, np.ndarray):
+            out[str(k)] = v
+        elif _is_array(v):
+            try:  # torch.load rebuilt it: it may be sparse, quantized, on the meta device, or repeat its storage
                 _check_expansion(v.numel() * v.element_size(), v.untyped_storage().nbytes(), f"{where}: {k!r}")
-            out[str(k)] = _as_array(v)
+                out[str(k)] = _as_array(v)
+            except ModelError:
+                raise
+            except Exception as e:
+                raise ModelError(f"{where}: tensor {k!r} ({v.layout}, {v.dtype}, {v.device}) is not a dense "
+                                 f"array of numbers ({type(e).__name__}); pass a state dict without it") from None
     return out
 
 

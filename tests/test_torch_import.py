@@ -261,3 +261,17 @@ def test_safetensors_offsets_outside_the_file(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(le.ModelError, match="no such file"):
         from_torch(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("extra", ["sparse", "meta", "quantized"])
+def test_tensors_that_are_not_dense_arrays(tmp_path, extra):
+    """A state dict (or checkpoint) with a sparse, meta or quantized tensor: a ModelError
+    that names the key, not torch's own exception."""
+    sd = dict(torch.nn.LSTM(3, 4).state_dict())
+    sd["extra"] = {"sparse": lambda: torch.zeros(3, 3).to_sparse(),
+                   "meta": lambda: torch.zeros(3, device="meta"),
+                   "quantized": lambda: torch.quantize_per_tensor(torch.zeros(3), 0.1, 0, torch.qint8)}[extra]()
+    torch.save(sd, tmp_path / "x.pt")
+    for src in (sd, tmp_path / "x.pt"):
+        with pytest.raises(le.ModelError, match="tensor 'extra' .* is not a dense array"):
+            from_torch(src)
