@@ -263,6 +263,7 @@ def test_missing_file(tmp_path):
         from_torch(tmp_path / "nope.pt")
 
 
+@pytest.mark.filterwarnings("ignore:.*(deprecated|TypedStorage).*:UserWarning")  # torch's, about quantized tensors
 @pytest.mark.parametrize("extra", ["sparse", "meta", "quantized"])
 def test_tensors_that_are_not_dense_arrays(tmp_path, extra):
     """A state dict (or checkpoint) with a sparse, meta or quantized tensor: a ModelError
