@@ -218,30 +218,26 @@ def _tensors(obj, where) -> dict:
         if len(nested) == 1:
             return _tensors(obj[nested[0]], where)
         raise ModelError(f"{where}: no tensors found" + (f"; candidate sub-dicts: {nested}" if nested else ""))
-    out = {}
-    for k, v in obj.items():
-        if isinstance(v, np.ndarray):
-            out[str(k)] = v
-        elif _is_array(v):
-            try:  # torch.load rebuilt it: it may be sparse, quantized, on the meta device, or repeat its storage
-                _check_expansion(v.numel() * v.element_size(), v.untyped_storage().nbytes(), f"{where}: {k!r}")
-                out[str(k)] = _as_array(v)
-            except ModelError:
-                raise
-            except Exception as e:
-                raise ModelError(f"{where}: tensor {k!r} ({v.layout}, {v.dtype}, {v.device}) is not a dense "
-                                 f"array of numbers ({type(e).__name__}); pass a state dict without it") from None
-    return out
+    return {str(k): _as_array(v, f"{where}: tensor {k!r}") for k, v in obj.items() if _is_array(v)}
 
 
 def _is_array(v):
     return isinstance(v, np.ndarray) or type(v).__module__.startswith("torch") and hasattr(v, "detach")
 
 
-def _as_array(v):
+def _as_array(v, what):
+    """v as a numpy array (float32 if it is floating point). A torch tensor may be sparse,
+    quantized, on the meta device, or a view that repeats its storage: ModelError then."""
     if isinstance(v, np.ndarray):
         return v
-    return v.detach().cpu().float().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
+    try:
+        _check_expansion(v.numel() * v.element_size(), v.untyped_storage().nbytes(), what)
+        return v.detach().cpu().float().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"{what} ({v.layout}, {v.dtype}, {v.device}) is not a dense array of numbers "
+                         f"({type(e).__name__}); pass a state dict without it") from None
 
 
 # ---- state dict -> Model ----------------------------------------------------------
