@@ -2,9 +2,16 @@
 from .activations import Activation
 from .engine import Engine, Stream
 from .errors import ModelError
+from .kernels.isa import ISA as _ISA
 from .model import Direction, Embedding, Head, Layer, Model
 
 __version__ = "0.1.0"
+
+
+def kernel_isa() -> str:
+    """The micro-kernel variant this process runs: "avx512", "avx2" or "generic" (chosen
+    from the CPU at import; the environment variable LSTM_ENGINE_ISA overrides)."""
+    return _ISA.name
 
 
 def load(path) -> Model:
@@ -39,4 +46,4 @@ def load(path) -> Model:
 
 
 __all__ = ["Activation", "Direction", "Embedding", "Engine", "Head", "Layer", "Model",
-           "ModelError", "Stream", "load"]
+           "ModelError", "Stream", "kernel_isa", "load"]

@@ -1,0 +1,73 @@
+"""Which variant of the micro-kernels (simd.py) this process generates.
+
+One emitter, parameterised by the host: the vector width in floats and whether the
+CPU has native bf16 dot products. Chosen once, at import, from the features of the
+CPU numba compiles for; LSTM_ENGINE_ISA=auto|avx512|avx2|generic overrides.
+
+  avx512   16-float vectors (32 registers); vdpbf16ps for bf16 panels where the CPU
+           has AVX512_BF16
+  avx2     8-float vectors with FMA (16 registers)
+  generic  4-float vectors and no x86 intrinsic: correct code on any LLVM target
+           (NEON on ARM), tuned for none
+"""
+import os
+from dataclasses import dataclass
+
+ENV = "LSTM_ENGINE_ISA"
+VARIANTS = ("avx512", "avx2", "generic")
+
+
+@dataclass(frozen=True)
+class Isa:
+    name: str  # one of VARIANTS
+    width: int  # floats per vector register
+    frames: int  # frames one GEMM kernel call feeds from each weight load (register blocking)
+    bf16_dot: bool  # native bf16 pair dot products (vdpbf16ps)
+
+    @property
+    def key(self) -> str:
+        """Names everything that changes generated code: the JIT cache is kept apart by it."""
+        return f"{self.name}-w{self.width}-f{self.frames}" + ("-bf16dot" if self.bf16_dot else "")
+
+
+def host_features() -> set:
+    """The CPU features numba generates code for (its NUMBA_CPU_NAME/FEATURES, else the host)."""
+    from numba.core import config
+    import llvmlite.binding as llvm
+
+    if config.CPU_FEATURES:
+        return {f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+")}
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        return set()  # a named portable target: assume nothing beyond the baseline
+    return {k for k, v in llvm.get_host_cpu_features().items() if v}
+
+
+def _runnable(name: str, features: set) -> bool:
+    if name == "avx512":
+        return {"avx512f", "avx512bw", "avx512vl", "fma"} <= features
+    if name == "avx2":
+        return {"avx2", "fma"} <= features
+    return True
+
+
+def select(request: str, features: set) -> Isa:
+    """The variant for `request` (auto or a name) on a CPU with `features`; ValueError
+    when the CPU cannot run the one asked for."""
+    request = (request or "auto").strip().lower()
+    if request != "auto" and request not in VARIANTS:
+        raise ValueError(f"{ENV}={request!r}: choose auto or one of {', '.join(VARIANTS)}")
+    if request == "auto":
+        request = next(n for n in VARIANTS if _runnable(n, features))
+    elif not _runnable(request, features):
+        raise ValueError(f"{ENV}={request}: this CPU cannot run it (it lacks "
+                         f"{'AVX-512 F/BW/VL' if request == 'avx512' else 'AVX2 and FMA'}); "
+                         f"use auto")
+    if request == "avx512":
+        # 32 zmm registers: 4 weight vectors x 6 frames = 24 accumulators
+        return Isa("avx512", 16, 6, "avx512bf16" in features)
+    if request == "avx2":
+        return Isa("avx2", 8, 3, False)  # 16 ymm registers: 4 x 3 = 12 accumulators
+    return Isa("generic", 4, 3, False)
+
+
+ISA = select(os.environ.get(ENV, "auto"), host_features())
