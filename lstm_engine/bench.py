@@ -168,6 +168,7 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
     layer = model.layers[0]
     return {"name": f"H={layer.hidden_size}", "hidden": layer.hidden_size, "input": model.input_size,
             "layers": len(model.layers), "precision": precision, "threads": threads,
+            "precisions": {s.name: s.precision for s in systems_},
             "weight_bytes": _weight_bytes(model, precision), "chunk": chunk,
             "blas_bytes": _weight_bytes(model) if blas else 0,
             "step": step, "run": run, "blas_gemv": blas, "streams": streams if many else 0, "many": many}
@@ -179,7 +180,7 @@ def report(results: list, info: dict) -> str:
     versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "numba", "onnxruntime", "torch", "openvino")
                          if info.get(k))
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info['machine']}, ISA {'+'.join(info['isa']) or '?'}",
-             versions, ""]
+             _precision_line(results), versions, ""]
     hdr = (f"{'model':>8} {'system':<12} {'step p50 µs':>12} {'p99 µs':>9} {'lstm-engine':>12} "
            f"{'chunk µs/frame':>15} {'lstm-engine':>12} {'GB/s':>6}")
     lines += [hdr, "-" * len(hdr)]
@@ -219,6 +220,16 @@ def report(results: list, info: dict) -> str:
         lines.append(f"warning: interquartile spread above {NOISY:.0%} of the median for {', '.join(noisy[:4])}"
                      f"{' ...' if len(noisy) > 4 else ''}: the machine was busy, those figures are less trustworthy")
     return "\n".join(lines)
+
+
+def _precision_line(results) -> str:
+    """What each system computed in, as it reported it; every size listed once."""
+    seen = {}
+    for r in results:
+        for name, p in r["precisions"].items():
+            if p not in seen.setdefault(name, []):
+                seen[name].append(p)
+    return "precision: " + ", ".join(f"{name} {'/'.join(ps)}" for name, ps in seen.items())
 
 
 def _versus(peer_us, engine_us) -> str:

@@ -2,9 +2,10 @@
 OpenVINO), each behind the same small interface, all computing the same model.
 
 A system has `name`, `step(x)` (one frame, state carried), `run(X)` (a chunk, state
-carried) and `many(X)` (one frame for each of N streams in one call). Peers get the
-model in their own format (an ONNX export, or nn.LSTM with the same weights) and the
-same thread count as the engine.
+carried), `many(X)` (one frame for each of N streams in one call) and `precision`
+(the arithmetic it actually runs, as the system itself reports it). Peers get the
+model in their own format (an ONNX export, or nn.LSTM with the same weights), the
+same thread count as the engine and the precision asked of the engine.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ ENGINE = "lstm-engine"
 class _EngineSystem:
     name = ENGINE
 
-    def __init__(self, model, precision, threads):
+    def __init__(self, model, threads, precision):
         self._e = Engine(model, precision=precision, threads=threads)
+        self.precision = precision
         self._s = self._e.open_stream()
         self.step, self.run = self._s.step, self._s.run
         self._streams = []
@@ -78,9 +80,13 @@ class _OnnxState:
 
 
 class _OrtSystem(_OnnxState):
-    name = "onnxruntime"
+    """The CPU provider on the float32 export: it has no bf16 mode, and an int8 peer
+    would need a model quantized ahead of time, so it runs fp32 whatever was asked."""
 
-    def __init__(self, model, threads):
+    name = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, model, threads, precision):
         import onnxruntime as ort
 
         super().__init__(model)
@@ -96,13 +102,21 @@ class _OrtSystem(_OnnxState):
 class _OpenVinoSystem(_OnnxState):
     name = "openvino"
 
-    def __init__(self, model, threads):
+    def __init__(self, model, threads, precision):
         import openvino as ov
 
         super().__init__(model)
         core = ov.Core()
+        # Explicit, because OpenVINO's default is bf16 on CPUs with native bf16, which
+        # would put our fp32 beside its bf16. Its CPU plugin refuses an int8 hint (int8
+        # needs a model quantized ahead of time, e.g. by NNCF): int8 runs meet its f32.
+        hint = "bf16" if precision == "bf16" else "f32"
         compiled = core.compile_model(core.read_model(self.proto.SerializeToString(), b""), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                       "INFERENCE_PRECISION_HINT": hint})
+        # what the plugin settled on, not what was asked: a CPU without bf16 runs f32
+        ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = f"{ran} (INFERENCE_PRECISION_HINT)"
         self._req = compiled.create_infer_request()
         self._ports = [compiled.output(n) for n in self.outs]
 
@@ -115,8 +129,9 @@ class _TorchSystem:
     """torch.nn.LSTM (+ Embedding, Linear) with the same weights, state carried."""
 
     name = "pytorch"
+    precision = "fp32"  # nn.LSTM with float32 weights, whatever was asked of the engine
 
-    def __init__(self, model: Model, threads):
+    def __init__(self, model: Model, threads, precision):
         import torch
 
         for li, layer in enumerate(model.layers):
@@ -187,10 +202,10 @@ _PEER_CLASSES = {"ort": _OrtSystem, "torch": _TorchSystem, "openvino": _OpenVino
 
 def systems(model, against=PEERS, precision="fp32", threads=1, progress=None) -> list:
     """The engine first, then each requested peer that can run here; skips are reported."""
-    out = [_EngineSystem(model, precision, threads)]
+    out = [_EngineSystem(model, threads, precision)]
     for key in against:
         try:
-            out.append(_PEER_CLASSES[key](model, threads))
+            out.append(_PEER_CLASSES[key](model, threads, precision))
         except ImportError as e:
             if progress:
                 progress(f"{key}: not installed, skipped ({e.name or e})")

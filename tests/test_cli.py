@@ -216,3 +216,31 @@ def test_bench_precision(tmp_path, capsys, precision, nbytes):
     assert b["precision"] == precision and b["weight_bytes"] == nbytes * (4 * 16 * 16 * 2)
     assert b["blas_bytes"] == 4 * (4 * 16 * 16 * 2)
     assert "disagrees" not in capsys.readouterr().err  # within the rounding of fp32 peers
+
+
+def _bench_openvino(tmp_path, precision):
+    assert main(["bench", "--hidden", "8", "--steps", "20", "--chunk", "4", "--against", "openvino",
+                 "--precision", precision, "--json", str(tmp_path / "b.json")]) == 0
+    return json.loads((tmp_path / "b.json").read_text())["benchmarks"][0]["precisions"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_bench_openvino_precision_is_set(tmp_path, capsys, precision):
+    """fp32 and int8 runs meet OpenVINO's f32, bf16 its bf16 where the CPU has it (its
+    default would be bf16 there): the report names what it compiled to."""
+    ov = pytest.importorskip("openvino")
+    native_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    expected = "bf16" if precision == "bf16" and native_bf16 else "f32"
+    got = _bench_openvino(tmp_path, precision)
+    assert got == {"lstm-engine": precision, "openvino": f"{expected} (INFERENCE_PRECISION_HINT)"}
+    out = capsys.readouterr().out
+    assert f"precision: lstm-engine {precision}, openvino {expected} (INFERENCE_PRECISION_HINT)" in out
+
+
+def test_bench_reports_openvino_precision_it_got_not_asked(tmp_path, capsys, monkeypatch):
+    ov = pytest.importorskip("openvino")
+    real = ov.CompiledModel.get_property
+    monkeypatch.setattr(ov.CompiledModel, "get_property", lambda self, key: ov.Type.f16
+                        if key == "INFERENCE_PRECISION_HINT" else real(self, key))
+    assert _bench_openvino(tmp_path, "fp32")["openvino"] == "f16 (INFERENCE_PRECISION_HINT)"
+    assert "openvino f16 (INFERENCE_PRECISION_HINT)" in capsys.readouterr().out
