@@ -7,6 +7,7 @@ and each system's warm-up happen before any timing.
 """
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import time
@@ -34,7 +35,11 @@ def default_model(hidden: int, inputs: int | None = None, layers: int = 1, seed:
     return Model(out)
 
 
-def machine_info() -> dict:
+def cpu_info() -> dict:
+    """The CPU and the kernel variant lstm-engine runs on it: cheap, no peer imported."""
+    from . import kernel_isa
+    from .kernels.isa import ISA
+
     cpu, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -45,19 +50,62 @@ def machine_info() -> dict:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    import numba
+    import llvmlite.binding as llvm
 
-    info = {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    llvm_cpu = llvm.get_host_cpu_name()
+    return {"cpu": cpu or platform.processor() or llvm_cpu, "llvm_cpu": llvm_cpu, "cores": os.cpu_count(),
             "machine": platform.machine(), "system": platform.system(),
             "isa": [name for flag, name in (("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX-512"),
                                             ("asimd", "NEON")) if flag in flags],
-            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
+            "kernel_isa": kernel_isa(), "kernel_variant": ISA.key, "cache_bytes": _caches()}
+
+
+def _caches() -> dict:
+    """Cache sizes of cpu0 from sysfs ({"L1d": 49152, "L2": ..., "L3": ...}); {} where
+    there is no sysfs. What a weight matrix fits in decides how fast a step can read it."""
+    out = {}
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            level, kind, size = (_read(os.path.join(index, n)) for n in ("level", "type", "size"))
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+            out[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = int(size.rstrip("KMG")) * scale
+        except (OSError, ValueError):
+            continue  # an entry this kernel does not fill in
+    return out
+
+
+def _read(path) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def blas_info() -> list:
+    """The BLAS libraries loaded in this process and the kernel each runs (threadpoolctl):
+    numpy's OpenBLAS picks its kernel at load, and OPENBLAS_CORETYPE overrides the CPU's,
+    so the numpy BLAS row depends on the environment as much as on the machine."""
+    from threadpoolctl import threadpool_info
+
+    return [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "filepath")}
+            for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def machine_info() -> dict:
+    import numba
+
+    info = cpu_info()
+    info.update({"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+                 "blas": blas_info(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")})
     for mod, key in (("onnxruntime", "onnxruntime"), ("torch", "torch"), ("openvino", "openvino")):
         try:
             info[key] = __import__(mod).__version__
         except ImportError:
             info[key] = None
     return info
+
+
+def kernel_line(info: dict) -> str:
+    """One line naming the kernel variant and the CPU it was chosen for."""
+    return f"kernels: {info['kernel_isa']} ({info['kernel_variant']}) on {info['cpu']} (LLVM: {info['llvm_cpu']})"
 
 
 # ---- statistics ---------------------------------------------------------------------
@@ -180,7 +228,7 @@ def report(results: list, info: dict) -> str:
     versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "numba", "onnxruntime", "torch", "openvino")
                          if info.get(k))
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info['machine']}, ISA {'+'.join(info['isa']) or '?'}",
-             _precision_line(results), versions, ""]
+             kernel_line(info), _precision_line(results), _blas_line(info), versions, ""]
     hdr = (f"{'model':>8} {'system':<12} {'step p50 µs':>12} {'p99 µs':>9} {'lstm-engine':>12} "
            f"{'chunk µs/frame':>15} {'lstm-engine':>12} {'GB/s':>6}")
     lines += [hdr, "-" * len(hdr)]
@@ -202,7 +250,8 @@ def report(results: list, info: dict) -> str:
                          f"{'':>12} {'bare [W R]·[x;h]':>15} {'':>12} {r['blas_bytes'] / b['median_us'] / 1e3:>6.1f}")
     lines += ["", "lstm-engine column: how much faster (or slower) lstm-engine is than that peer, from medians",
               "measured side by side in this run. GB/s: weight bytes read per step / step time; numpy BLAS",
-              "is the bare gate product on the same weights, the cost of reading them once."]
+              "is the bare gate product on the same weights, the cost of reading them once, on the BLAS",
+              "kernel named above."]
     many = [r for r in results if r.get("many")]
     if many:
         hdr = f"{'model':>8} {'system':<12} {'streams':>8} {'µs/stream p50':>14} {'p99':>9} {'lstm-engine':>12}"
@@ -230,6 +279,20 @@ def _precision_line(results) -> str:
             if p not in seen.setdefault(name, []):
                 seen[name].append(p)
     return "precision: " + ", ".join(f"{name} {'/'.join(ps)}" for name, ps in seen.items())
+
+
+_BLAS_NAMES = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}
+
+
+def _blas_line(info) -> str:
+    """numpy's BLAS and its kernel; when more than one BLAS is loaded, each with its file."""
+    several = len(info["blas"]) > 1
+    libs = [" ".join(filter(None, (_BLAS_NAMES.get(b["internal_api"], b["internal_api"]), b["version"],
+                                   b["architecture"], os.path.basename(b["filepath"]) if several else None)))
+            for b in info["blas"]]
+    coretype = info["openblas_coretype"]
+    return (f"numpy BLAS: {' + '.join(libs) or 'none found by threadpoolctl'}"
+            + (f" (OPENBLAS_CORETYPE={coretype} in the environment)" if coretype else ""))
 
 
 def _versus(peer_us, engine_us) -> str:

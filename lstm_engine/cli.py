@@ -179,7 +179,10 @@ def _bytes(n) -> str:
 
 
 def _info(args) -> int:
+    from .bench import cpu_info, kernel_line
+
     print(info_text(_load_any(args.model, args), args.model))
+    print(kernel_line(cpu_info()))  # the code this machine runs the model with
     return EXIT_OK
 
 

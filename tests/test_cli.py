@@ -1,4 +1,5 @@
 """The command line through main(argv): output, exit codes, JSON, files written."""
+import glob
 import json
 
 import numpy as np
@@ -8,7 +9,9 @@ import pytest
 import lstm_engine as le
 from converters import to_onnx
 from helpers import make_model
+from lstm_engine import bench
 from lstm_engine.cli import main
+from lstm_engine.kernels.isa import ISA
 
 
 @pytest.fixture
@@ -136,6 +139,7 @@ def test_info(rng, tmp_path, capsys):
     assert f"parameters: {n:,}" in out and "embedding: 40 tokens x 5" in out
     assert "head: 6 -> 40 + bias, activation LogSoftmax" in out
     assert "bidirectional" in out and "streaming: no (layers [0] run in reverse" in out
+    assert f"kernels: {le.kernel_isa()} ({ISA.key}) on {bench.cpu_info()['cpu']}" in out
     lines = out.splitlines()
     row0 = next(l for l in lines if l.strip().startswith("0 bidirectional"))
     assert row0.split()[2:5] == ["5", "12", "4"] and "2.0" in row0
@@ -216,6 +220,37 @@ def test_bench_precision(tmp_path, capsys, precision, nbytes):
     assert b["precision"] == precision and b["weight_bytes"] == nbytes * (4 * 16 * 16 * 2)
     assert b["blas_bytes"] == 4 * (4 * 16 * 16 * 2)
     assert "disagrees" not in capsys.readouterr().err  # within the rounding of fp32 peers
+
+
+def _cpuinfo_model_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def test_bench_names_cpu_kernels_and_blas(tmp_path, capsys, monkeypatch):
+    """The header and the JSON say what ran: our kernel variant, the CPU, numpy's BLAS kernel."""
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # read by OpenBLAS at load: only the report sees it now
+    assert main(["bench", "--hidden", "8", "--steps", "20", "--chunk", "4", "--against", "",
+                 "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    info = json.loads((tmp_path / "b.json").read_text())["machine_info"]
+    assert info["kernel_isa"] == le.kernel_isa() and info["kernel_variant"] == ISA.key
+    assert f"kernels: {le.kernel_isa()} ({ISA.key}) on {info['cpu']}" in out
+    if _cpuinfo_model_name():  # Linux on x86; elsewhere the platform's or LLVM's name
+        assert info["cpu"] == _cpuinfo_model_name()
+    caches = glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")
+    assert len(info["cache_bytes"]) == len(caches) and all(v > 0 for v in info["cache_bytes"].values())
+    blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert [(b["internal_api"], b["version"], b["architecture"]) for b in info["blas"]] == \
+        [(b["internal_api"], b["version"], b.get("architecture")) for b in blas]
+    line = next(line for line in out.splitlines() if line.startswith("numpy BLAS:"))
+    assert all(b["version"] in line and (b.get("architecture") or "") in line for b in blas)
+    assert line.endswith("(OPENBLAS_CORETYPE=Haswell in the environment)") and info["openblas_coretype"] == "Haswell"
 
 
 def _bench_openvino(tmp_path, precision):
