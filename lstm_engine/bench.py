@@ -229,9 +229,9 @@ def report(results: list, info: dict) -> str:
                          if info.get(k))
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info['machine']}, ISA {'+'.join(info['isa']) or '?'}",
              kernel_line(info), _precision_line(results), _blas_line(info), versions, ""]
-    hdr = (f"{'model':>8} {'system':<12} {'step p50 µs':>12} {'p99 µs':>9} {'lstm-engine':>12} "
-           f"{'chunk µs/frame':>15} {'lstm-engine':>12} {'GB/s':>6}")
-    lines += [hdr, "-" * len(hdr)]
+    hdr = (f"{'model':>8} {'system':<12} {'step p50 µs':>12} {'p99 µs':>9} {'lstm-engine':>14} "
+           f"{'chunk µs/frame':>15} {'lstm-engine':>14} {'GB/s':>6}")
+    lines += [hdr, "-" * len(hdr)]  # ratio columns fit "123.45x faster"
     noisy = []
     for r in results:
         eng_s, eng_r = r["step"][ENGINE], r["run"][ENGINE]
@@ -240,28 +240,28 @@ def report(results: list, info: dict) -> str:
             up_s = "" if name == ENGINE else _versus(s["median_us"], eng_s["median_us"])
             up_c = "" if name == ENGINE else _versus(c["median_us"], eng_r["median_us"])
             gbs = r["weight_bytes"] / s["median_us"] / 1e3
-            lines.append(f"{r['name']:>8} {name:<12} {s['median_us']:>12.1f} {s['p99_us']:>9.1f} {up_s:>12} "
-                         f"{c['median_us']:>15.2f} {up_c:>12} {gbs:>6.1f}")
+            lines.append(f"{r['name']:>8} {name:<12} {s['median_us']:>12.1f} {s['p99_us']:>9.1f} {up_s:>14} "
+                         f"{c['median_us']:>15.2f} {up_c:>14} {gbs:>6.1f}")
             noisy += [f"{r['name']} {name} {kind}" for kind, m in (("step", s), ("chunk", c))
                       if m["iqr_us"] > NOISY * m["median_us"]]
         if r["blas_gemv"]:
             b = r["blas_gemv"]
             lines.append(f"{r['name']:>8} {'numpy BLAS':<12} {b['median_us']:>12.1f} {b['p99_us']:>9.1f} "
-                         f"{'':>12} {'bare [W R]·[x;h]':>15} {'':>12} {r['blas_bytes'] / b['median_us'] / 1e3:>6.1f}")
+                         f"{'':>14} {'bare [W R]·[x;h]':>15} {'':>14} {r['blas_bytes'] / b['median_us'] / 1e3:>6.1f}")
     lines += ["", "lstm-engine column: how much faster (or slower) lstm-engine is than that peer, from medians",
               "measured side by side in this run. GB/s: weight bytes read per step / step time; numpy BLAS",
               "is the bare gate product on the same weights, the cost of reading them once, on the BLAS",
               "kernel named above."]
     many = [r for r in results if r.get("many")]
     if many:
-        hdr = f"{'model':>8} {'system':<12} {'streams':>8} {'µs/stream p50':>14} {'p99':>9} {'lstm-engine':>12}"
+        hdr = f"{'model':>8} {'system':<12} {'streams':>8} {'µs/stream p50':>14} {'p99':>9} {'lstm-engine':>14}"
         lines += ["", hdr, "-" * len(hdr)]
         for r in many:
             eng = r["many"][ENGINE]
             for name, m in r["many"].items():
                 up = "" if name == ENGINE else _versus(m["median_us"], eng["median_us"])
                 lines.append(f"{r['name']:>8} {name:<12} {r['streams']:>8} {m['median_us']:>14.2f} "
-                             f"{m['p99_us']:>9.2f} {up:>12}")
+                             f"{m['p99_us']:>9.2f} {up:>14}")
                 noisy += [f"{r['name']} {name} streams"] if m["iqr_us"] > NOISY * m["median_us"] else []
         lines += ["", "streams: one frame for each of N streams per call: Engine.step_many, and each peer's",
                   "batch-N call with its state carried."]
