@@ -1,4 +1,7 @@
-"""The hand-written LLVM panel kernels (kernels/simd.py) against NumPy, edge cases included."""
+"""The hand-written LLVM panel kernels (kernels/simd.py) against NumPy, edge cases included.
+
+They run in the kernel variant of this process (lstm_engine.kernel_isa()); test_isa.py
+runs this file under every variant the CPU can run."""
 import numba
 import numpy as np
 import pytest
@@ -16,34 +19,31 @@ def panel(W, rows, prec):
     return (p, W) if prec == simd.F32 else (bf16_bits(p), round_bf16(W))
 
 
+G = simd.GROUP
+
+
 def _gemv(kern, kern_acc):
     """A jitted caller of one GEMV kernel and its accumulating twin."""
     @numba.njit
     def call(p, x, out, acc):
         if acc:
-            kern_acc(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
+            kern_acc(p, 0, x, 0, 0, x.shape[0], out, 0, 0, 1)
         else:
-            kern(p, 0, x, 0, 0, x.shape[0], out, 0, 0)
+            kern(p, 0, x, 0, 0, x.shape[0], out, 0, 0, 1)
     return call
 
 
-_gemv64 = _gemv(simd.gemv64, simd.gemv64_acc)
-_gemv128 = _gemv(simd.gemv128, simd.gemv128_acc)
+_gemv2 = _gemv(simd.gemv2, simd.gemv2_acc)
+_gemv4 = _gemv(simd.gemv4, simd.gemv4_acc)
 
 
-def _gemm(kern, kern_acc):
-    @numba.njit
-    def call(p, p_off, X, t0, out, acc):
-        K = X.shape[1]
-        if acc:
-            kern_acc(p, p_off, X, t0 * K, K, K, out, t0 * out.shape[1], out.shape[1])
-        else:
-            kern(p, p_off, X, t0 * K, K, K, out, t0 * out.shape[1], out.shape[1])
-    return call
-
-
-GEMMS = {1: _gemm(simd.gemm32x1, simd.gemm32x1_acc), 2: _gemm(simd.gemm32x2, simd.gemm32x2_acc),
-         3: _gemm(simd.gemm32x3, simd.gemm32x3_acc)}
+@numba.njit
+def _gemm(p, p_off, X, t0, nf, out, acc):
+    K = X.shape[1]
+    if acc:
+        simd.gemm_acc(p, p_off, X, t0 * K, K, K, out, t0 * out.shape[1], out.shape[1], nf)
+    else:
+        simd.gemm(p, p_off, X, t0 * K, K, K, out, t0 * out.shape[1], out.shape[1], nf)
 
 
 PRECS = [simd.F32, simd.BF16, simd.I8]
@@ -52,7 +52,7 @@ PREC_IDS = ["f32", "bf16", "i8"]
 
 @pytest.mark.parametrize("prec", PRECS, ids=PREC_IDS)
 @pytest.mark.parametrize("K", [0, 1, 2, 3, 64, 65])
-@pytest.mark.parametrize("rows, fn", [(64, _gemv64), (128, _gemv128)], ids=["2 groups", "4 groups"])
+@pytest.mark.parametrize("rows, fn", [(2 * G, _gemv2), (4 * G, _gemv4)], ids=["2 groups", "4 groups"])
 def test_gemv(rng, K, rows, fn, prec):
     W = rng.standard_normal((rows, K)).astype(np.float32)
     x = rng.standard_normal(K).astype(np.float32)
@@ -69,34 +69,45 @@ def test_gemv(rng, K, rows, fn, prec):
 
 @pytest.mark.parametrize("prec", PRECS, ids=PREC_IDS)
 @pytest.mark.parametrize("K", [1, 5, 32])
-@pytest.mark.parametrize("frames", [1, 2, 3])
+@pytest.mark.parametrize("frames", range(1, simd.FRAMES + 1))
 def test_gemm_frames(rng, K, prec, frames):
-    W = rng.standard_normal((64, K)).astype(np.float32)
-    X = rng.standard_normal((7, K)).astype(np.float32)
-    p, Wq = panel(W, 64, prec)
-    out = np.zeros((7, 40), np.float32)
+    W = rng.standard_normal((2 * G, K)).astype(np.float32)
+    X = rng.standard_normal((simd.FRAMES + 4, K)).astype(np.float32)
+    p, Wq = panel(W, 2 * G, prec)
+    out = np.zeros((len(X), G + 8), np.float32)
     end = 2 + frames
-    GEMMS[frames](p, _offset(32, K, p), X, 2, out, False)  # group 1, frames 2.. only
-    want = X.astype(np.float64) @ Wq[32:].T
-    assert np.allclose(out[2:end, :32], want[2:end], atol=1e-5)
-    assert not out[:2].any() and not out[end:].any() and not out[:, 32:].any()
-    GEMMS[frames](p, _offset(32, K, p), X, 2, out, True)
-    assert np.allclose(out[2:end, :32], 2 * want[2:end], atol=1e-5)
+    _gemm(p, _offset(G, K, p), X, 2, frames, out, False)  # group 1, frames 2.. only
+    want = X.astype(np.float64) @ Wq[G:].T
+    assert np.allclose(out[2:end, :G], want[2:end], atol=1e-5)
+    assert not out[:2].any() and not out[end:].any() and not out[:, G:].any()
+    _gemm(p, _offset(G, K, p), X, 2, frames, out, True)
+    assert np.allclose(out[2:end, :G], 2 * want[2:end], atol=1e-5)
+
+
+def test_gemm_ignores_frame_counts_it_has_no_loop_for(rng):
+    X = rng.standard_normal((simd.FRAMES + 1, 3)).astype(np.float32)
+    p, _ = panel(rng.standard_normal((G, 3)).astype(np.float32), G, simd.F32)
+    out = np.zeros((len(X), G), np.float32)
+    for nf in (0, simd.FRAMES + 1):
+        _gemm(p, 0, X, 0, nf, out, False)
+    assert not out.any()
 
 
 def test_panel_layout(rng):
-    W = rng.standard_normal((40, 3)).astype(np.float32)
-    p = to_panel(W, 64).reshape(2, 3, 32)  # groups, k, row in group
-    assert np.array_equal(p[0].T, W[:32]) and np.array_equal(p[1].T[:8], W[32:]) and not p[1].T[8:].any()
+    R = G + G // 4
+    W = rng.standard_normal((R, 3)).astype(np.float32)
+    p = to_panel(W, 2 * G).reshape(2, 3, G)  # groups, k, row in group
+    assert np.array_equal(p[0].T, W[:G]) and np.array_equal(p[1].T[:R - G], W[G:]) and not p[1].T[R - G:].any()
 
 
 def test_int8_panel_layout(rng):
-    W = rng.standard_normal((40, 3)).astype(np.float32)
+    R = G + G // 4
+    W = rng.standard_normal((R, 3)).astype(np.float32)
     W[5] = 0  # a row of zeros
-    g = int8_panel(W, 64).view(np.int8).reshape(2, 32 * (3 + simd.I8_EXTRA))
-    q = g[:, :96].reshape(2, 3, 32).transpose(0, 2, 1).reshape(64, 3)  # rows, k
-    scale = np.ascontiguousarray(g[:, 96:]).view(np.float32).ravel()
-    assert np.array_equal(q[:40] * scale[:40, None], round_int8(W)) and not q[40:].any() and not scale[40:].any()
+    g = int8_panel(W, 2 * G).view(np.int8).reshape(2, G * (3 + simd.I8_EXTRA))
+    q = g[:, :3 * G].reshape(2, 3, G).transpose(0, 2, 1).reshape(2 * G, 3)  # rows, k
+    scale = np.ascontiguousarray(g[:, 3 * G:]).view(np.float32).ravel()
+    assert np.array_equal(q[:R] * scale[:R, None], round_int8(W)) and not q[R:].any() and not scale[R:].any()
     assert np.abs(q).max() == 127 and scale[5] == 0 and not q[5].any()
 
 
@@ -109,6 +120,13 @@ def test_int8_rounding_error_is_bounded(rng):
 def test_kernels_refuse_other_dtypes():
     x = np.zeros(4, np.float32)
     with pytest.raises(TypeError, match="float32, uint16"):
-        _gemv64(np.zeros(64 * 4, np.float64), x, np.zeros(64, np.float32), False)
+        _gemv2(np.zeros(2 * G * 4, np.float64), x, np.zeros(2 * G, np.float32), False)
     with pytest.raises(TypeError, match="float32 vectors"):
-        _gemv64(np.zeros(64 * 4, np.float32), x.astype(np.float64), np.zeros(64, np.float32), False)
+        _gemv2(np.zeros(2 * G * 4, np.float32), x.astype(np.float64), np.zeros(2 * G, np.float32), False)
+
+
+def test_kernels_refuse_strided_arrays():
+    """They use data pointers only: a strided view would be read as if contiguous."""
+    x = np.zeros(8, np.float32)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        _gemv2(np.zeros(2 * G * 4, np.float32), x[::2], np.zeros(2 * G, np.float32), False)

@@ -13,12 +13,11 @@ backward): the weights read last by one step are the first the next one needs, s
 they are still in cache when the weights are a little larger than it (a chunk at
 H=256: 25.3 -> 22.5 us/frame). Each row's sum is the same in both directions.
 W and R are then stored as panels of those rows (simd.py): zero rows pad them to
-C_ROWS, and each group of 32 rows is stored k-major.
+C_ROWS, and each group of GROUP rows is stored k-major.
 """
 
 BLOCK = 64  # hidden units per block: 4*BLOCK gate values stay in L1 for the update
 #            (32 measured slower: H=256 step 31 -> 38 us, H=64 chunk 1.8 -> 1.9-2.7 us/frame; 128 equal)
-assert BLOCK % 32 == 0, "a block's 4*BLOCK gate rows must be whole 128-row panel sets (simd.py)"
 
 # header row
 HD_NCELL = 0  # number of cells

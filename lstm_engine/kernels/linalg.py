@@ -8,13 +8,12 @@ import numpy as np
 from numba import prange
 
 from .config import kernel, parallel_kernel
-from .simd import (
-    GROUP, I8_EXTRA, gemm32x1, gemm32x1_acc, gemm32x2, gemm32x2_acc, gemm32x3, gemm32x3_acc, gemv64, gemv64_acc,
-    gemv128, gemv128_acc,
-)
+from .layout import BLOCK
+from .simd import FRAMES, GROUP, I8_EXTRA, gemm, gemm_acc, gemv2, gemv2_acc, gemv4, gemv4_acc
 
-PAIR = 2 * GROUP  # gate rows per gemv64 call
-QUAD = 4 * GROUP  # gate rows per gemv128 call, for weights that come from memory
+PAIR = 2 * GROUP  # gate rows per gemv2 call
+QUAD = 4 * GROUP  # gate rows per gemv4 call, for weights that come from memory
+assert 4 * BLOCK % QUAD == 0, "a block's gate rows must be whole row sets of the widest gemv"
 
 
 @kernel
@@ -29,7 +28,8 @@ def _gates(Wp, x, Rp, h, r0, n, wide, flip, out):
     """out[j] = W[r0 + j] . x + R[r0 + j] . h for j < n, rounded up to the kernel's row
     set (QUAD when wide, else PAIR; out must have room). Wp, Rp: panels of W (., I) and
     R (., P) padded to that row set, in any of simd.py's precisions; x may be empty
-    when W.x is already in pre. flip walks the row sets last to first (layout.py)."""
+    when out already holds W.x: R.h then adds to it. flip walks the row sets last to
+    first (layout.py)."""
     I = x.shape[0]
     P = h.shape[0]
     step = QUAD if wide else PAIR
@@ -40,15 +40,12 @@ def _gates(Wp, x, Rp, h, r0, n, wide, flip, out):
         r_off = _offset(r, P, Rp)
         if wide:
             if I > 0:
-                gemv128(Wp, w_off, x, 0, 0, I, out, r - r0, 0)
-                gemv128_acc(Rp, r_off, h, 0, 0, P, out, r - r0, 0)
-            else:
-                gemv128(Rp, r_off, h, 0, 0, P, out, r - r0, 0)
-        elif I > 0:
-            gemv64(Wp, w_off, x, 0, 0, I, out, r - r0, 0)
-            gemv64_acc(Rp, r_off, h, 0, 0, P, out, r - r0, 0)
+                gemv4(Wp, w_off, x, 0, 0, I, out, r - r0, 0, 1)
+            gemv4_acc(Rp, r_off, h, 0, 0, P, out, r - r0, 0, 1)
         else:
-            gemv64(Rp, r_off, h, 0, 0, P, out, r - r0, 0)
+            if I > 0:
+                gemv2(Wp, w_off, x, 0, 0, I, out, r - r0, 0, 1)
+            gemv2_acc(Rp, r_off, h, 0, 0, P, out, r - r0, 0, 1)
 
 
 @kernel
@@ -96,29 +93,18 @@ def _gemm_panel(a, Wp, bias, acc, out, r_begin, r_end):
     """out[t, r] (+)= bias[r] + a[t] . W[r] for r_begin <= r < r_end (multiples of GROUP);
     bias applies where r < len(bias) (pass it empty for none); acc adds to what out holds.
     a (T, K) frames, Wp the panel of W (., K) in any of simd.py's precisions,
-    out (T, >= r_end). Three frames share every panel load (two or one at the end)."""
+    out (T, >= r_end). FRAMES frames share every panel load (fewer at the end)."""
     T = a.shape[0]
     K = a.shape[1]
     ld = out.shape[1]
     for r in range(r_begin, r_end, GROUP):
         po = _offset(r, K, Wp)
-        t = 0
-        while t + 3 <= T:
+        for t in range(0, T, FRAMES):
+            nf = min(FRAMES, T - t)
             if acc:
-                gemm32x3_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
+                gemm_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld, nf)
             else:
-                gemm32x3(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
-            t += 3
-        if T - t == 2:
-            if acc:
-                gemm32x2_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
-            else:
-                gemm32x2(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
-        elif T - t == 1:
-            if acc:
-                gemm32x1_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
-            else:
-                gemm32x1(Wp, po, a, t * K, K, K, out, t * ld + r, ld)
+                gemm(Wp, po, a, t * K, K, K, out, t * ld + r, ld, nf)
     for t in range(T):
         for r in range(r_begin, min(r_end, bias.shape[0])):
             out[t, r] += bias[r]

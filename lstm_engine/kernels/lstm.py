@@ -52,22 +52,27 @@ def _c_of(st, hd, cell, n):
 
 
 @kernel
-def _cell_block(W, x, R, h, pre, ws, cm, flip, u0, n, c, m, g):
+def _cell_block(W, x, R, h, wx, ws, cm, flip, u0, n, c, m, g):
     """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
     W, R      panels of the packed W (4H, I) and R (4H, P) rows (layout.py), in any
               of simd.py's precisions
-    x    (I,) the frame, or empty when W.x is already in pre
+    x    (I,) the frame, or empty when its W.x is in wx
     h    (P,) h of the previous step
-    pre  (4H,)    packed bias, or packed bias + W.x of this frame
+    wx   (4H,)    packed W.x of this frame (a chunk's, computed beforehand), or unused
     c    (H,)     cell state: units u0.. updated in place
     m    (H,)     receives o * h(c) of units u0..
     g    (4*BLOCK,) scratch for this block's gate values (4n rounded up to the kernel's rows)
     flip walks the block's row sets last to first (layout.py).
+    Every path sums (W.x + R.h) + bias in that order, so a chunk, a step and step_many
+    give the same bits, and saturate alike (inf - inf never arises between two sums).
     """
     wide = (cm[C_WIDE] >> (0 if x.shape[0] > 0 else 1)) & 1 == 1
+    if x.shape[0] == 0:
+        g[:4 * n] = wx[4 * u0:4 * u0 + 4 * n]
     _gates(W, x, R, h, 4 * u0, 4 * n, wide, flip, g)
-    _update_block(g[:4 * n], pre[4 * u0:4 * u0 + 4 * n], ws, cm, u0, n, c, m)
+    b = cm[C_B] + 4 * u0
+    _update_block(g[:4 * n], ws[b:b + 4 * n], ws, cm, u0, n, c, m)
 
 
 @kernel
@@ -75,7 +80,7 @@ def _update_block(gb, pb, ws, cm, u0, n, c, m):
     """The pointwise update of hidden units u0 .. u0+n-1 of one cell.
 
     gb (4n,)  their gate products W.x + R.h in block order i, o, f, c (clobbered)
-    pb (4n,)  what is added to them: the packed bias, or bias + W.x when gb holds R.h
+    pb (4n,)  their packed bias
     c, m      as in _cell_block
     Peepholes are always there (zeros when the model has none) and clip always applies
     (float32 max when it has none): both exact, and they keep the loops branch-free.
@@ -108,7 +113,7 @@ def _update_block(gb, pb, ws, cm, u0, n, c, m):
 def _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget):
     """_update_block for any activations: one loop per gate and activation.
 
-    gb (4n,) gate products in block order i, o, f, c; pb (4n,) bias or pre;
+    gb (4n,) gate products in block order i, o, f, c; pb (4n,) their bias;
     pi, po, pf (n,) peepholes; cb (n,) cell state in/out; mb (n,) receives o * h(c).
     """
     n = cb.shape[0]
@@ -140,7 +145,7 @@ def _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget):
 
 
 @parallel_kernel
-def _cell_blocks_par(W, x, R, h, pre, ws, cm, flip, block, nthreads, c, m, g):
+def _cell_blocks_par(W, x, R, h, wx, ws, cm, flip, block, nthreads, c, m, g):
     """Every block of a cell, the blocks split in nthreads runs; g holds 4*block per thread."""
     H = cm[C_H]
     nblk = (H + block - 1) // block
@@ -150,11 +155,11 @@ def _cell_blocks_par(W, x, R, h, pre, ws, cm, flip, block, nthreads, c, m, g):
         b1 = (t + 1) * nblk // nthreads
         for k in range(b1 - b0):
             b = b1 - 1 - k if flip else b0 + k
-            _cell_block(W, x, R, h, pre, ws, cm, flip, b * block, min(block, H - b * block), c, m, gt)
+            _cell_block(W, x, R, h, wx, ws, cm, flip, b * block, min(block, H - b * block), c, m, gt)
 
 
 @kernel
-def _cell(W, x, R, h, pre, ws, cm, hd, flip, c, hout, g, m):
+def _cell(W, x, R, h, wx, ws, cm, hd, flip, c, hout, g, m):
     """One time step of one cell (arguments: _cell_block); hout (P,) receives the new h
     and may be h itself: every block reads h before any of it is written.
     Blocks run on hd[HD_THREADS] threads when that is > 1; flip walks them (and the
@@ -163,12 +168,12 @@ def _cell(W, x, R, h, pre, ws, cm, hd, flip, c, hout, g, m):
     block = hd[HD_BLOCK]
     nthreads = hd[HD_THREADS]
     if nthreads > 1 and H > block:
-        _cell_blocks_par(W, x, R, h, pre, ws, cm, flip, block, nthreads, c, m, g)
+        _cell_blocks_par(W, x, R, h, wx, ws, cm, flip, block, nthreads, c, m, g)
     else:
         nblk = (H + block - 1) // block
         for k in range(nblk):
             u0 = block * (nblk - 1 - k if flip else k)
-            _cell_block(W, x, R, h, pre, ws, cm, flip, u0, min(block, H - u0), c, m, g)
+            _cell_block(W, x, R, h, wx, ws, cm, flip, u0, min(block, H - u0), c, m, g)
     _new_h(ws, cm, m, hout)
 
 
@@ -228,8 +233,7 @@ def _step(x, wp, meta, st):
         cm = meta[1 + cell]
         h = _h_of(st, hd, cell, cm[C_P])
         c = _c_of(st, hd, cell, cm[C_H])
-        b = ws[cm[C_B]:cm[C_B] + 4 * cm[C_H]]
-        _cell(_w(wp, cm), xin, _r(wp, cm), h, b, ws, cm, hd, flip, c, h, g, m)
+        _cell(_w(wp, cm), xin, _r(wp, cm), h, ws[:0], ws, cm, hd, flip, c, h, g, m)
         xin = h  # this cell's new h is the next one's input
     top = _h_of(st, hd, ncell - 1, hd[HD_TOP])
     _head(ws, hd, top, st[hd[HD_ST_Y]:hd[HD_ST_Y] + hd[HD_OUT]])
@@ -338,12 +342,11 @@ def _run(x, lengths, wp, meta, h, c, y):
                 col = cm[C_COL]
                 W = _w(wp, cm)
                 R = _r(wp, cm)
-                pre = np.empty((n, cm[C_ROWS]), np.float32)
-                bias = ws[cm[C_B]:cm[C_B] + 4 * H]
+                wx = np.empty((n, cm[C_ROWS]), np.float32)
                 if nthreads > 1:
-                    _gemm_panel_par(cur[:n], W, bias, False, pre, nthreads)
+                    _gemm_panel_par(cur[:n], W, ws[:0], False, wx, nthreads)
                 else:
-                    _gemm_panel(cur[:n], W, bias, False, pre, 0, pre.shape[1])
+                    _gemm_panel(cur[:n], W, ws[:0], False, wx, 0, wx.shape[1])
                 hs = hp[:P]
                 for j in range(P):
                     hs[j] = h[b, cell, j]
@@ -354,7 +357,7 @@ def _run(x, lengths, wp, meta, h, c, y):
                 for s in range(n):
                     t = n - 1 - s if cm[C_REV] == 1 else s
                     ht = out[t, col:col + P]
-                    _cell(W, hs[:0], R, hs, pre[t], ws, cm, hd, s % 2 == 1, cs, ht, g, m)
+                    _cell(W, hs[:0], R, hs, wx[t], ws, cm, hd, s % 2 == 1, cs, ht, g, m)
                     for j in range(P):
                         hs[j] = ht[j]
                 for j in range(P):

@@ -5,10 +5,14 @@ below: with the accumulators in a local array it keeps them in memory (measured:
 GB/s against 55-60 for dot products). So these few kernels are emitted by hand as
 vector IR through numba's @intrinsic, and everything around them stays plain numba.
 
-Panel layout (see packing.py): rows are cut into groups of 32; a group is stored
-k-major, so row r = 32*g + j, column k sits at g*32*K + k*32 + j. One pass over k
-reads each group as one sequential stream and keeps 32 rows in four 8-wide
-accumulators: no horizontal sums, and several groups walked together give the
+One emitter serves every CPU: isa.py gives the vector width (WIDTH floats) and how
+many frames a GEMM call blocks in registers; LLVM turns the generic vector IR into
+zmm, ymm or NEON code.
+
+Panel layout (see packing.py): rows are cut into groups of GROUP = 4 * WIDTH; a group
+is stored k-major, so row r = GROUP*g + j, column k sits at g*GROUP*K + k*GROUP + j.
+One pass over k reads each group as one sequential stream and keeps its rows in four
+vector accumulators: no horizontal sums, and several groups walked together give the
 prefetchers several streams.
 
 Weights come in three precisions, told apart by the panel array's dtype, so each
@@ -16,76 +20,98 @@ is compiled on its own; arithmetic is float32 in all:
   float32
   uint16  bfloat16 bits: widened to the upper half of a float32
   int8    converted exactly to float32; each row has its own scale. A group holds
-          its 32*K int8 weights, then its 32 float32 scales, as if every row had
-          I8_EXTRA more columns: group g starts at int8 element g*32*(K + I8_EXTRA).
+          its GROUP*K int8 weights, then its GROUP float32 scales, as if every row had
+          I8_EXTRA more columns: group g starts at int8 element g*GROUP*(K + I8_EXTRA).
 """
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-GROUP = 32  # rows per panel group: four 8-float vectors
+from .isa import ISA
+
+WIDTH = ISA.width  # floats per vector: 16 on AVX-512, 8 on AVX2, 4 generic
+GROUP = 4 * WIDTH  # rows per panel group: four vectors
+FRAMES = ISA.frames  # frames one GEMM call feeds from each weight load (4 * FRAMES accumulators)
 F32, BF16, I8 = "float32", "uint16", "int8"  # panel dtypes of the three precisions
 I8_EXTRA = 4  # int8 "columns" per row taken by its float32 scale
 
 _F32 = ir.FloatType()
-_V8 = ir.VectorType(_F32, 8)
+_V = ir.VectorType(_F32, WIDTH)
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
-_V8I8 = ir.VectorType(ir.IntType(8), 8)
-_V8I16 = ir.VectorType(ir.IntType(16), 8)
-_V8I32 = ir.VectorType(_I32, 8)
+_VI8 = ir.VectorType(ir.IntType(8), WIDTH)
+_VI16 = ir.VectorType(ir.IntType(16), WIDTH)
+_VI32 = ir.VectorType(_I32, WIDTH)
 _ELEMENT = {F32: _F32, BF16: ir.IntType(16), I8: ir.IntType(8)}
 
 
 def _load_weights(builder, ptr, prec):
-    """Eight weights at ptr (an element pointer of the panel's dtype) as a float32 vector."""
+    """WIDTH weights at ptr (an element pointer of the panel's dtype) as a float32 vector."""
     if prec == F32:
-        return builder.load(builder.bitcast(ptr, _V8.as_pointer()), align=4)
+        return builder.load(builder.bitcast(ptr, _V.as_pointer()), align=4)
     if prec == BF16:
-        bits = builder.load(builder.bitcast(ptr, _V8I16.as_pointer()), align=2)
-        return builder.bitcast(builder.shl(builder.zext(bits, _V8I32), ir.Constant(_V8I32, [16] * 8)), _V8)
-    q = builder.load(builder.bitcast(ptr, _V8I8.as_pointer()), align=1)
-    return builder.sitofp(builder.sext(q, _V8I32), _V8)
+        bits = builder.load(builder.bitcast(ptr, _VI16.as_pointer()), align=2)
+        return builder.bitcast(builder.shl(builder.zext(bits, _VI32), ir.Constant(_VI32, [16] * WIDTH)), _V)
+    q = builder.load(builder.bitcast(ptr, _VI8.as_pointer()), align=1)
+    return builder.sitofp(builder.sext(q, _VI32), _V)
 
 
-def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
-    """An intrinsic kern(p, p_off, x, x_off, ldx, K, out, o_off, ldo) computing, for
-    frames f < nframes and rows i < ngroups*32 from the group at element p_off:
+def _check_types(p, x, out):
+    """Typing-time guard: the kernels use only data pointers, so anything but a
+    C-contiguous array of the right dtype would be read wrongly."""
+    if str(p.dtype) not in _ELEMENT or x.dtype != types.float32 or out.dtype != types.float32:
+        raise TypeError(f"panel kernels take a float32, uint16 (bf16) or int8 panel and float32 "
+                        f"vectors, not {p.dtype}, {x.dtype}, {out.dtype}")
+    if any(a.layout != "C" for a in (p, x, out)):
+        raise TypeError("panel kernels take C-contiguous arrays only")
+
+
+def _panel_kernel(ngroups: int, maxframes: int, accumulate: bool):
+    """An intrinsic kern(p, p_off, x, x_off, ldx, K, out, o_off, ldo, nf) computing, for
+    frames f < nf (1 <= nf <= maxframes) and rows i < ngroups*GROUP from the group at
+    element p_off:
 
         out[o_off + f*ldo + i] (+)= sum_k panel[i, k] * x[x_off + f*ldx + k]
 
-    p: a panel array of one of the three dtypes above, p_off counting its elements;
-    x, out: float32 arrays of any shape (only their data pointers are used); with
-    accumulate the sums add to what out holds. k is unrolled by two; odd K ends in a
-    tail step.
+    p: a C-contiguous panel array of one of the three dtypes above, p_off counting its
+    elements; x, out: C-contiguous float32 arrays of any shape (only their data pointers
+    are used); with accumulate the sums add to what out holds. Each frame count has its
+    own register-blocked loop, chosen by a switch on nf. k is unrolled by two; odd K
+    ends in a tail step.
     """
-    nacc = ngroups * 4 * nframes
-
     @intrinsic
-    def kern(typingctx, p, p_off, x, x_off, ldx, K, out, o_off, ldo):
-        sig = types.void(p, p_off, x, x_off, ldx, K, out, o_off, ldo)
+    def kern(typingctx, p, p_off, x, x_off, ldx, K, out, o_off, ldo, nf):
+        sig = types.void(p, p_off, x, x_off, ldx, K, out, o_off, ldo, nf)
+        _check_types(p, x, out)
         prec = str(p.dtype)
-        if prec not in _ELEMENT or x.dtype != types.float32 or out.dtype != types.float32:
-            raise TypeError(f"panel kernels take a float32, uint16 (bf16) or int8 panel and float32 "
-                            f"vectors, not {p.dtype}, {x.dtype}, {out.dtype}")
 
         def codegen(context, builder, signature, args):
-            pa, poff, xa, xoff, ldx_, Kv, oa, ooff, ldo_ = args
+            pa, poff, xa, xoff, ldx_, Kv, oa, ooff, ldo_, nfv = args
             pdata = context.make_array(signature.args[0])(context, builder, pa).data
             xdata = context.make_array(signature.args[2])(context, builder, xa).data
             odata = context.make_array(signature.args[6])(context, builder, oa).data
             # fmuladd, not fma: fused where the CPU has FMA, mul + add (not a libm call) where not
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fmuladd.v8f32")
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V] * 3),
+                                                 f"llvm.fmuladd.v{WIDTH}f32")
             c = lambda v: ir.Constant(_I64, v)  # noqa: E731
-            xbase = [builder.gep(xdata, [builder.add(xoff, builder.mul(ldx_, c(f)))]) for f in range(nframes)]
-            optr = []  # accumulator slot (f, g, j) -> its place in out
-            for f in range(nframes):
-                fbase = builder.gep(odata, [builder.add(ooff, builder.mul(ldo_, c(f)))])
-                for g in range(ngroups):
-                    for j in range(4):
-                        optr.append(builder.bitcast(builder.gep(fbase, [c(GROUP * g + 8 * j)]), _V8.as_pointer()))
-            _emit(builder, fma, pdata, poff, xbase, Kv, optr, prec, accumulate, ngroups, nframes, nacc)
+            done = builder.append_basic_block("panel.done")
+            switch = builder.switch(builder.sext(nfv, _I64) if nfv.type != _I64 else nfv, done)
+            for nframes in range(1, maxframes + 1):
+                case = builder.append_basic_block(f"panel.f{nframes}")
+                switch.add_case(c(nframes), case)
+                builder.position_at_end(case)
+                xbase = [builder.gep(xdata, [builder.add(xoff, builder.mul(ldx_, c(f)))]) for f in range(nframes)]
+                optr = []  # accumulator slot (f, g, j) -> its place in out
+                for f in range(nframes):
+                    fbase = builder.gep(odata, [builder.add(ooff, builder.mul(ldo_, c(f)))])
+                    for g in range(ngroups):
+                        for j in range(4):
+                            optr.append(builder.bitcast(builder.gep(fbase, [c(GROUP * g + WIDTH * j)]),
+                                                        _V.as_pointer()))
+                _emit(builder, fma, pdata, poff, xbase, Kv, optr, prec, accumulate, ngroups, nframes)
+                builder.branch(done)
+            builder.position_at_end(done)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -93,16 +119,17 @@ def _panel_kernel(ngroups: int, nframes: int, accumulate: bool):
     return kern
 
 
-def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframes, nacc):
+def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframes):
     """The k loop and the stores of one kernel, emitted at the builder's block."""
     c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+    nacc = ngroups * 4 * nframes
     cols = builder.add(Kv, c(I8_EXTRA)) if prec == I8 else Kv
     gstride = builder.mul(cols, c(GROUP))
     gbase = [builder.gep(wdata, [builder.add(poff, builder.mul(gstride, c(g)))]) for g in range(ngroups)]
     if acc and prec != I8:
         init = [builder.load(q, align=4) for q in optr]
     else:  # int8 sums are scaled before they meet out
-        init = [ir.Constant(_V8, [0.0] * 8)] * nacc
+        init = [ir.Constant(_V, [0.0] * WIDTH)] * nacc
     kpairs = builder.and_(Kv, c(-2))
 
     def step(k, accs):
@@ -112,28 +139,28 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
         for f in range(nframes):
             xk = builder.load(builder.gep(xbase[f], [k]))
             xs.append(builder.shuffle_vector(
-                builder.insert_element(ir.Constant(_V8, ir.Undefined), xk, ir.Constant(_I32, 0)),
-                ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 8), [0] * 8)))
+                builder.insert_element(ir.Constant(_V, ir.Undefined), xk, ir.Constant(_I32, 0)),
+                ir.Constant(_V, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH)))
         off = builder.mul(k, c(GROUP))
         for g in range(ngroups):
             row = builder.gep(gbase[g], [off])
             for j in range(4):
-                w = _load_weights(builder, builder.gep(row, [c(8 * j)]), prec)
+                w = _load_weights(builder, builder.gep(row, [c(WIDTH * j)]), prec)
                 for f in range(nframes):
                     i = (f * ngroups + g) * 4 + j
                     out_[i] = builder.call(fma, [w, xs[f], out_[i]])
         return out_
 
     entry = builder.basic_block
-    loop = builder.append_basic_block("panel.loop")
-    mid = builder.append_basic_block("panel.mid")
-    tail = builder.append_basic_block("panel.tail")
-    end = builder.append_basic_block("panel.store")
+    loop = builder.append_basic_block(f"panel.loop{nframes}")
+    mid = builder.append_basic_block(f"panel.mid{nframes}")
+    tail = builder.append_basic_block(f"panel.tail{nframes}")
+    end = builder.append_basic_block(f"panel.store{nframes}")
     builder.cbranch(builder.icmp_signed(">", kpairs, c(0)), loop, mid)
 
     builder.position_at_end(loop)
     k = builder.phi(_I64)
-    accs = [builder.phi(_V8) for _ in range(nacc)]
+    accs = [builder.phi(_V) for _ in range(nacc)]
     k.add_incoming(c(0), entry)
     for a, v in zip(accs, init):
         a.add_incoming(v, entry)
@@ -146,7 +173,7 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
     builder.cbranch(builder.icmp_signed("<", k2, kpairs), loop, mid)
 
     builder.position_at_end(mid)
-    mids = [builder.phi(_V8) for _ in range(nacc)]
+    mids = [builder.phi(_V) for _ in range(nacc)]
     for m, v0, v1 in zip(mids, init, new):
         m.add_incoming(v0, entry)
         m.add_incoming(v1, back)
@@ -157,7 +184,7 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
     builder.branch(end)
 
     builder.position_at_end(end)
-    res = [builder.phi(_V8) for _ in range(nacc)]
+    res = [builder.phi(_V) for _ in range(nacc)]
     for r, v0, v1 in zip(res, mids, tails):
         r.add_incoming(v0, mid)
         r.add_incoming(v1, tail)
@@ -165,7 +192,7 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
         scales = []
         for g in range(ngroups):
             sp = builder.bitcast(builder.gep(gbase[g], [builder.mul(Kv, c(GROUP))]), _F32.as_pointer())
-            scales.append([builder.load(builder.bitcast(builder.gep(sp, [c(8 * j)]), _V8.as_pointer()), align=1)
+            scales.append([builder.load(builder.bitcast(builder.gep(sp, [c(WIDTH * j)]), _V.as_pointer()), align=1)
                            for j in range(4)])
         for f in range(nframes):
             for g in range(ngroups):
@@ -177,18 +204,13 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
         builder.store(r, q, align=4)
 
 
-# 64 rows for one vector: two groups walked together (two streams, eight accumulators)
-gemv64 = _panel_kernel(2, 1, accumulate=False)
-gemv64_acc = _panel_kernel(2, 1, accumulate=True)
-# 128 rows: four streams hide memory latency better once weights come from DRAM
-# (H=1024: 941 -> 822 us), but sixteen accumulators cost more in cache (H=256: 31 -> 35)
-gemv128 = _panel_kernel(4, 1, accumulate=False)
-gemv128_acc = _panel_kernel(4, 1, accumulate=True)
-# 32 rows for three frames: each panel load feeds three FMAs (twelve accumulators)
-gemm32x3 = _panel_kernel(1, 3, accumulate=False)
-gemm32x3_acc = _panel_kernel(1, 3, accumulate=True)  # R.h of many streams onto their W.x
-# the frames left over from threes (two at once: 32 streams = 10 threes + 2; 5% on step_many at H=256)
-gemm32x2 = _panel_kernel(1, 2, accumulate=False)
-gemm32x2_acc = _panel_kernel(1, 2, accumulate=True)
-gemm32x1 = _panel_kernel(1, 1, accumulate=False)
-gemm32x1_acc = _panel_kernel(1, 1, accumulate=True)
+# GEMV, one frame: two groups walked together (two streams, eight accumulators)
+gemv2 = _panel_kernel(2, 1, accumulate=False)
+gemv2_acc = _panel_kernel(2, 1, accumulate=True)
+# four streams hide memory latency better once weights come from DRAM (H=1024 on Zen 3:
+# 941 -> 822 us), but sixteen accumulators cost more in cache (H=256: 31 -> 35)
+gemv4 = _panel_kernel(4, 1, accumulate=False)
+gemv4_acc = _panel_kernel(4, 1, accumulate=True)
+# GEMM: one group for up to FRAMES frames, each panel load feeding FRAMES FMAs
+gemm = _panel_kernel(1, FRAMES, accumulate=False)
+gemm_acc = _panel_kernel(1, FRAMES, accumulate=True)  # R.h of many streams onto their W.x
