@@ -20,6 +20,7 @@ from .kernels.pointwise import (
 _HEAD_CODES = {None: HEAD_NONE, "Softmax": HEAD_SOFTMAX, "LogSoftmax": HEAD_LOGSOFTMAX,
                "Sigmoid": HEAD_SIGMOID, "Tanh": HEAD_TANH, "Relu": HEAD_RELU}
 _ALIGN = 16  # floats per 64 bytes
+_PAGE = 4096  # bytes
 WIDE_BYTES = 16 << 20  # weights read per product above this (half this machine's L3) come from memory
 PRECISIONS = {"fp32": F32, "bf16": BF16, "int8": I8}  # name -> dtype of the panels (simd.py)
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
@@ -78,7 +79,14 @@ class _Buffer:
         return off
 
     def array(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+        """The parts in one buffer that starts on a page: numpy aligns to 16 bytes only,
+        and a 64-byte vector load at offset 16 straddles two cache lines, every one."""
+        raw = np.zeros(self.size + _PAGE // 4, np.float32)
+        start = -raw.ctypes.data % _PAGE // 4
+        out = raw[start:start + self.size]
+        if self.parts:
+            np.concatenate(self.parts, out=out)
+        return out
 
 
 def bf16_bits(a: np.ndarray) -> np.ndarray:
