@@ -69,6 +69,12 @@ class _Buffer:
         self.parts, self.size = [], 0
 
     def add(self, a) -> int:
+        """Floats, or a bf16 / int8 panel as its raw bytes, from the next 64 bytes on;
+        returns where they start, in float32 slots."""
+        a = np.asarray(a)
+        if a.dtype in (np.uint16, np.int8):
+            raw = np.ascontiguousarray(a).ravel().view(np.uint8)
+            a = np.concatenate([raw, np.zeros(-raw.size % 4, np.uint8)]).view(np.float32)
         a = np.ascontiguousarray(a, np.float32).ravel()
         off = self.size
         pad = -(off + a.size) % _ALIGN
@@ -127,6 +133,27 @@ def int8_panel(a: np.ndarray, Rp: int) -> np.ndarray:
     return np.ascontiguousarray(groups).ravel().view(np.float32)  # GROUP * (K + 4) bytes a group
 
 
+def bf16_panel(a: np.ndarray, Rp: int) -> np.ndarray:
+    """(R, K) rows -> the bf16 panel layout of kernels/simd.py, as uint16: rows padded
+    to Rp, columns to an even count; each group stores, pair by pair of columns, every
+    row's (k, k+1)."""
+    R, K = a.shape
+    padded = np.zeros((Rp, K + K % 2), np.float32)
+    padded[:R, :K] = a
+    pairs = padded.reshape(Rp // GROUP, GROUP, -1, 2).transpose(0, 2, 1, 3)
+    return bf16_bits(pairs).ravel()
+
+
+def panel(a: np.ndarray, Rp: int, prec: str) -> np.ndarray:
+    """(R, K) rows -> their panel in precision prec (simd.py's dtype names), in the
+    panel's own dtype."""
+    if prec == I8:
+        return int8_panel(a, Rp).view(np.int8)
+    if prec == BF16:
+        return bf16_panel(a, Rp)
+    return to_panel(a, Rp)
+
+
 def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
     """Pack a validated Model; `threads` split each cell's blocks; precision "bf16" or
     "int8" stores the W and R panels that way (everything else stays float32)."""
@@ -134,16 +161,6 @@ def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
     wbytes = WEIGHT_BYTES[precision]
     per_slot = 4 // wbytes  # panel elements per float32 slot of ws
 
-    def panel(a, rows):
-        if prec == I8:
-            return int8_panel(a, rows)
-        p = to_panel(a, rows)
-        if prec == F32:
-            return p
-        bits = bf16_bits(p)
-        if bits.size % 2:
-            bits = np.append(bits, np.uint16(0))
-        return bits.view(np.float32)  # two bf16 per float32 slot
     buf = _Buffer()
     cells = list(model.cells())
     meta = np.zeros((1 + len(cells), max(L.HD_FIELDS, L.C_FIELDS)), np.int64)
@@ -158,8 +175,8 @@ def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
         cm[L.C_I], cm[L.C_H], cm[L.C_P] = I, H, P
         wide = int((d.W.size + d.R.size) * wbytes > WIDE_BYTES) | int(d.R.size * wbytes > WIDE_BYTES) << 1
         rows = -(-4 * H // (QUAD if wide else PAIR)) * (QUAD if wide else PAIR)
-        cm[L.C_W] = buf.add(panel(d.W[perm], rows)) * per_slot
-        cm[L.C_R] = buf.add(panel(d.R[perm], rows)) * per_slot
+        cm[L.C_W] = buf.add(panel(d.W[perm], rows, prec)) * per_slot
+        cm[L.C_R] = buf.add(panel(d.R[perm], rows, prec)) * per_slot
         cm[L.C_ROWS], cm[L.C_WIDE] = rows, wide
         cm[L.C_B] = buf.add(d.b[perm])
         cm[L.C_PEEP] = buf.add(np.zeros(3 * H, np.float32) if d.peepholes is None else d.peepholes)

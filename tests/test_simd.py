@@ -8,15 +8,14 @@ import pytest
 
 from lstm_engine.kernels import simd
 from lstm_engine.kernels.linalg import _offset
+from lstm_engine import packing
 from lstm_engine.packing import bf16_bits, int8_panel, round_bf16, round_int8, to_panel
 
 
 def panel(W, rows, prec):
     """W (R, K) as a panel of `rows` rows in precision prec (its dtype), and the weights it holds."""
-    if prec == simd.I8:
-        return int8_panel(W, rows).view(np.int8), round_int8(W)
-    p = to_panel(W, rows)
-    return (p, W) if prec == simd.F32 else (bf16_bits(p), round_bf16(W))
+    held = {simd.F32: W, simd.BF16: round_bf16(W), simd.I8: round_int8(W)}[prec]
+    return packing.panel(W, rows, prec), held
 
 
 G = simd.GROUP
@@ -98,6 +97,17 @@ def test_panel_layout(rng):
     W = rng.standard_normal((R, 3)).astype(np.float32)
     p = to_panel(W, 2 * G).reshape(2, 3, G)  # groups, k, row in group
     assert np.array_equal(p[0].T, W[:G]) and np.array_equal(p[1].T[:R - G], W[G:]) and not p[1].T[R - G:].any()
+
+
+@pytest.mark.parametrize("K", [3, 4])
+def test_bf16_panel_layout(rng, K):
+    """Column pairs (k, k+1) per row, odd K padded with a zero column."""
+    R = G + G // 4
+    W = rng.standard_normal((R, K)).astype(np.float32)
+    Kp = K + K % 2
+    p = packing.panel(W, 2 * G, simd.BF16).reshape(2, Kp // 2, G, 2)  # groups, pair, row, k in pair
+    rows = p.transpose(0, 2, 1, 3).reshape(2 * G, Kp)
+    assert np.array_equal(rows[:R, :K], bf16_bits(W)) and not rows[R:].any() and not rows[:, K:].any()
 
 
 def test_int8_panel_layout(rng):

@@ -1,14 +1,19 @@
 """Which variant of the micro-kernels (simd.py) this process generates.
 
-One emitter, parameterised by the host: the vector width in floats and whether the
-CPU has native bf16 dot products. Chosen once, at import, from the features of the
-CPU numba compiles for; LSTM_ENGINE_ISA=auto|avx512|avx2|generic overrides.
+One emitter, parameterised by the host: the vector width in floats and how many
+frames a GEMM call keeps in registers. Chosen once, at import, from the features of
+the CPU numba compiles for; LSTM_ENGINE_ISA=auto|avx512|avx2|generic overrides.
 
-  avx512   16-float vectors (32 registers); vdpbf16ps for bf16 panels where the CPU
-           has AVX512_BF16
+  avx512   16-float vectors (32 registers)
   avx2     8-float vectors with FMA (16 registers)
   generic  4-float vectors and no x86 intrinsic: correct code on any LLVM target
            (NEON on ARM), tuned for none
+
+bf16 weights are widened to float32 (a shift or a mask per two columns), not fed to
+AVX512_BF16's vdpbf16ps: on the Emerald Rapids this was measured on, vdpbf16ps ran
+at a third of vfmadd231ps's rate (0.96 against 0.32 ns an instruction, 12 independent
+chains), i.e. 33 against 50 multiply-adds a ns, before the cost of rounding x and h
+to bf16 (or of splitting them in two halves to keep their precision).
 """
 import os
 from dataclasses import dataclass
@@ -22,12 +27,11 @@ class Isa:
     name: str  # one of VARIANTS
     width: int  # floats per vector register
     frames: int  # frames one GEMM kernel call feeds from each weight load (register blocking)
-    bf16_dot: bool  # native bf16 pair dot products (vdpbf16ps)
 
     @property
     def key(self) -> str:
         """Names everything that changes generated code: the JIT cache is kept apart by it."""
-        return f"{self.name}-w{self.width}-f{self.frames}" + ("-bf16dot" if self.bf16_dot else "")
+        return f"{self.name}-w{self.width}-f{self.frames}"
 
 
 def host_features() -> set:
@@ -64,10 +68,10 @@ def select(request: str, features: set) -> Isa:
                          f"use auto")
     if request == "avx512":
         # 32 zmm registers: 4 weight vectors x 6 frames = 24 accumulators
-        return Isa("avx512", 16, 6, "avx512bf16" in features)
+        return Isa("avx512", 16, 6)
     if request == "avx2":
-        return Isa("avx2", 8, 3, False)  # 16 ymm registers: 4 x 3 = 12 accumulators
-    return Isa("generic", 4, 3, False)
+        return Isa("avx2", 8, 3)  # 16 ymm registers: 4 x 3 = 12 accumulators
+    return Isa("generic", 4, 3)
 
 
 ISA = select(os.environ.get(ENV, "auto"), host_features())

@@ -19,8 +19,13 @@ assert 4 * BLOCK % QUAD == 0, "a block's gate rows must be whole row sets of the
 @kernel
 def _offset(r, K, p):
     """Element offset of the group holding row r (a multiple of GROUP) in panel p of K
-    columns: int8 rows carry I8_EXTRA more for their scale (simd.py)."""
-    return r * (K + I8_EXTRA) if p.itemsize == 1 else r * K
+    columns: int8 rows carry I8_EXTRA more for their scale, bf16 rows pad K to pairs
+    (simd.py)."""
+    if p.itemsize == 1:
+        return r * (K + I8_EXTRA)
+    if p.itemsize == 2:
+        return r * (K + (K & 1))
+    return r * K
 
 
 @kernel

@@ -18,7 +18,10 @@ prefetchers several streams.
 Weights come in three precisions, told apart by the panel array's dtype, so each
 is compiled on its own; arithmetic is float32 in all:
   float32
-  uint16  bfloat16 bits: widened to the upper half of a float32
+  uint16  bfloat16 bits, stored in column pairs (k, k+1) per row, so one load and
+          a shift / a mask widen two columns to float32 (odd K padded with a zero
+          column): a group holds GROUP*(K + K%2) bf16, pair p of row j at
+          p*2*GROUP + 2*j
   int8    converted exactly to float32; each row has its own scale. A group holds
           its GROUP*K int8 weights, then its GROUP float32 scales, as if every row had
           I8_EXTRA more columns: group g starts at int8 element g*GROUP*(K + I8_EXTRA).
@@ -41,20 +44,23 @@ _V = ir.VectorType(_F32, WIDTH)
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _VI8 = ir.VectorType(ir.IntType(8), WIDTH)
-_VI16 = ir.VectorType(ir.IntType(16), WIDTH)
 _VI32 = ir.VectorType(_I32, WIDTH)
 _ELEMENT = {F32: _F32, BF16: ir.IntType(16), I8: ir.IntType(8)}
 
 
-def _load_weights(builder, ptr, prec):
-    """WIDTH weights at ptr (an element pointer of the panel's dtype) as a float32 vector."""
+def _load_weights(builder, ptr, prec, pair):
+    """The weights of one vector of rows at ptr (an element pointer of the panel's
+    dtype) as float32 vectors: [column k], or [k, k+1] from one bf16 pair load."""
     if prec == F32:
-        return builder.load(builder.bitcast(ptr, _V.as_pointer()), align=4)
-    if prec == BF16:
-        bits = builder.load(builder.bitcast(ptr, _VI16.as_pointer()), align=2)
-        return builder.bitcast(builder.shl(builder.zext(bits, _VI32), ir.Constant(_VI32, [16] * WIDTH)), _V)
+        return [builder.load(builder.bitcast(ptr, _V.as_pointer()), align=4)]
+    if prec == BF16:  # 32-bit lanes hold (k, k+1); a bf16 is the upper half of its float32
+        lanes = builder.load(builder.bitcast(ptr, _VI32.as_pointer()), align=4)
+        ws = [builder.bitcast(builder.shl(lanes, ir.Constant(_VI32, [16] * WIDTH)), _V)]
+        if pair:
+            ws.append(builder.bitcast(builder.and_(lanes, ir.Constant(_VI32, [-65536] * WIDTH)), _V))
+        return ws
     q = builder.load(builder.bitcast(ptr, _VI8.as_pointer()), align=1)
-    return builder.sitofp(builder.sext(q, _VI32), _V)
+    return [builder.sitofp(builder.sext(q, _VI32), _V)]
 
 
 def _check_types(p, x, out):
@@ -123,7 +129,12 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
     """The k loop and the stores of one kernel, emitted at the builder's block."""
     c = lambda v: ir.Constant(_I64, v)  # noqa: E731
     nacc = ngroups * 4 * nframes
-    cols = builder.add(Kv, c(I8_EXTRA)) if prec == I8 else Kv
+    if prec == I8:
+        cols = builder.add(Kv, c(I8_EXTRA))
+    elif prec == BF16:
+        cols = builder.add(Kv, builder.and_(Kv, c(1)))  # pairs: odd K padded to even
+    else:
+        cols = Kv
     gstride = builder.mul(cols, c(GROUP))
     gbase = [builder.gep(wdata, [builder.add(poff, builder.mul(gstride, c(g)))]) for g in range(ngroups)]
     if acc and prec != I8:
@@ -132,23 +143,27 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
         init = [ir.Constant(_V, [0.0] * WIDTH)] * nacc
     kpairs = builder.and_(Kv, c(-2))
 
-    def step(k, accs):
-        """One k: broadcast each frame's x[k], one panel load feeds every frame."""
+    def step(k, accs, pair):
+        """Column k (and k+1 when pair): broadcast each frame's x, one panel load feeds
+        every frame."""
         out_ = list(accs)
-        xs = []
+        ks = [k, builder.add(k, c(1))] if pair else [k]
+        xs = []  # xs[f][e]: frame f's x[k + e] in every lane
         for f in range(nframes):
-            xk = builder.load(builder.gep(xbase[f], [k]))
-            xs.append(builder.shuffle_vector(
-                builder.insert_element(ir.Constant(_V, ir.Undefined), xk, ir.Constant(_I32, 0)),
-                ir.Constant(_V, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH)))
+            xs.append([builder.shuffle_vector(
+                builder.insert_element(ir.Constant(_V, ir.Undefined), builder.load(builder.gep(xbase[f], [kk])),
+                                       ir.Constant(_I32, 0)),
+                ir.Constant(_V, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH)) for kk in ks])
         off = builder.mul(k, c(GROUP))
+        vec = 2 * WIDTH if prec == BF16 else WIDTH  # panel elements per vector of rows
         for g in range(ngroups):
             row = builder.gep(gbase[g], [off])
             for j in range(4):
-                w = _load_weights(builder, builder.gep(row, [c(WIDTH * j)]), prec)
-                for f in range(nframes):
-                    i = (f * ngroups + g) * 4 + j
-                    out_[i] = builder.call(fma, [w, xs[f], out_[i]])
+                ws = _load_weights(builder, builder.gep(row, [c(vec * j)]), prec, pair)
+                for e, w in enumerate(ws):
+                    for f in range(nframes):
+                        i = (f * ngroups + g) * 4 + j
+                        out_[i] = builder.call(fma, [w, xs[f][e], out_[i]])
         return out_
 
     entry = builder.basic_block
@@ -164,7 +179,7 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
     k.add_incoming(c(0), entry)
     for a, v in zip(accs, init):
         a.add_incoming(v, entry)
-    new = step(builder.add(k, c(1)), step(k, accs))
+    new = step(k, accs, True) if prec == BF16 else step(builder.add(k, c(1)), step(k, accs, False), False)
     k2 = builder.add(k, c(2))
     back = builder.basic_block
     k.add_incoming(k2, back)
@@ -180,7 +195,7 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
     builder.cbranch(builder.icmp_signed("<", kpairs, Kv), tail, end)
 
     builder.position_at_end(tail)
-    tails = step(kpairs, mids)
+    tails = step(kpairs, mids, False)
     builder.branch(end)
 
     builder.position_at_end(end)
