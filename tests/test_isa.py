@@ -123,3 +123,9 @@ def test_generic_variant_calls_no_x86_intrinsic():
     assert r.returncode == 0, r.stderr[-2000:]
     width, x86, fma = map(int, r.stdout.split())
     assert width == 4 and x86 == 0 and fma > 0
+
+
+def test_cache_sizes_come_from_the_host():
+    assert isa.cache_bytes(99, 123) == 123  # no such level: the default
+    if os.path.isdir("/sys/devices/system/cpu/cpu0/cache"):
+        assert isa.cache_bytes(1, 0) >= 4096 and isa.cache_bytes(2, 0) >= isa.cache_bytes(1, 0)
