@@ -21,6 +21,13 @@ def kernel(fn):
     return numba.njit(**FLAGS)(fn)
 
 
+def inline_kernel(fn):
+    """A kernel numba inlines into its callers before lowering: a call with array
+    arguments, and every slice made inside it, would otherwise cost atomic reference
+    count updates that numba prunes only within one function."""
+    return numba.njit(inline="always", **FLAGS)(fn)
+
+
 def parallel_kernel(fn):
     """Compile `fn` with the project's flags and numba's prange threading."""
     return numba.njit(parallel=True, **FLAGS)(fn)

@@ -9,7 +9,7 @@ import numpy as np
 
 from numba import prange
 
-from .config import kernel, parallel_kernel
+from .config import inline_kernel, kernel, parallel_kernel
 from .layout import (
     C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_IFORGET, C_LAYER, C_P,
     C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_ROWS, C_W, C_WIDE,
@@ -19,6 +19,8 @@ from .layout import (
 from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec
 from .pointers import _f32_at
 from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
+from .simd import WIDTH
+from .update_ir import update_std
 
 OK = 0
 NONFINITE = 1  # an input frame holds NaN or inf; nothing was changed
@@ -75,7 +77,7 @@ def _cell_block(W, x, R, h, wx, ws, cm, flip, u0, n, c, m, g):
     _update_block(g[:4 * n], ws[b:b + 4 * n], ws, cm, u0, n, c, m)
 
 
-@kernel
+@inline_kernel
 def _update_block(gb, pb, ws, cm, u0, n, c, m):
     """The pointwise update of hidden units u0 .. u0+n-1 of one cell.
 
@@ -95,8 +97,10 @@ def _update_block(gb, pb, ws, cm, u0, n, c, m):
     mb = m[u0:u0 + n]
     iforget = cm[C_IFORGET] == 1
     if cm[C_ACTF] == 0 and cm[C_ACTG] == 1 and cm[C_ACTH] == 1:
-        # sigmoid, tanh, tanh: the whole update in one loop that vectorises
-        for j in range(n):
+        # sigmoid, tanh, tanh: whole vectors in IR (update_ir.py), the rest in one loop
+        nvec = n // WIDTH
+        update_std(gb, pb, pi, po, pf, cb, mb, nvec, bound, iforget)
+        for j in range(nvec * WIDTH, n):
             c0 = cb[j]
             i = _sigmoid(min(max(gb[j] + pb[j] + pi[j] * c0, -bound), bound))
             f = _sigmoid(min(max(gb[2 * n + j] + pb[2 * n + j] + pf[j] * c0, -bound), bound))
