@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from .errors import ModelError
+from .inputs import F32, kernel_array, nonfinite, numeric
 from .kernels.layout import HD_IN, HD_ST_Y
 from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step, _step_many
 from .model import Model
@@ -20,20 +21,7 @@ PRECISIONS = tuple(_PANEL_DTYPES)
 _SNAP_MAGIC = b"LSTMSNAP"
 _SNAP_VERSION = 1
 _SNAP_HEAD = struct.Struct("<8sH32sI")  # magic, version, model fingerprint, floats
-
-
-def _numeric(name, x):
-    a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
-    return a
-
-
-def _nonfinite(name):
-    return ValueError(f"{name}: contains NaN or infinity; refused so the state stays usable "
-                      "(nothing was changed)")
-
-
+_ndarray = np.ndarray  # bound once: Stream.step's check saves a module attribute lookup
 PARALLEL_MIN_WEIGHTS = 100_000  # a layer with fewer weights runs faster on one thread (H=64: 0.78x)
 
 
@@ -72,22 +60,17 @@ class Engine:
         return bytes.fromhex(self.model.fingerprint())
 
     def _warm(self):
-        """Compile (or load from numba's cache) every kernel before the first real call."""
+        """Compile (or load from numba's cache) every kernel, for the one array type the
+        boundary hands it (inputs.py), before the first real call."""
         p = self._packed
-        frame = np.zeros(p.meta[0, HD_IN], np.float32)
+        frame = np.zeros(p.meta[0, HD_IN], F32)
         if self.model.streamable:
-            # Stream.step hands frames to _step unchecked: only float32 C-contiguous
-            # writable 1-D arrays may pass; anything else raises TypeError and is converted.
-            # Each panel dtype (precision) compiles its own _step, so compiling opens
-            # only while this engine's is loaded.
-            _step.disable_compile(False)
-            _step(frame, p.wp, p.meta, np.zeros(p.stream_len, np.float32))
-            _step.disable_compile()
-            _step_many(np.zeros((0, frame.size), np.float32), p.wp, p.meta, np.zeros(0, np.int64),
-                       np.zeros((0, self.model.output_size), np.float32))
-        h = np.zeros((1, p.ncell, p.pmax), np.float32)
-        c = np.zeros((1, p.ncell, p.hmax), np.float32)
-        y = np.zeros((1, 1, self.model.output_size), np.float32)
+            _step(frame, p.wp, p.meta, np.zeros(p.stream_len, F32))
+            _step_many(np.zeros((0, frame.size), F32), p.wp, p.meta, np.zeros(0, np.int64),
+                       np.zeros((0, self.model.output_size), F32))
+        h = np.zeros((1, p.ncell, p.pmax), F32)
+        c = np.zeros((1, p.ncell, p.hmax), F32)
+        y = np.zeros((1, 1, self.model.output_size), F32)
         _run(frame[None, None], np.ones(1, np.int64), p.wp, p.meta, h, c, y)
         if self.threads > 1:
             import numba
@@ -128,7 +111,7 @@ class Engine:
                              f"expected {4 * p.state_len}")
         state = np.frombuffer(blob, "<f4", offset=_SNAP_HEAD.size)
         if not np.isfinite(state).all():
-            raise _nonfinite("snapshot state")
+            raise nonfinite("snapshot state")
         s = Stream(self)
         s._st[:n] = state
         return s
@@ -163,16 +146,16 @@ class Engine:
                 raise ValueError(f"X: token model expects ids shaped (N,), got shape {np.shape(X)}")
             X = self._frames(X, "X", allow_batch=False)
         else:
-            X = _numeric("X", X)
+            X = numeric("X", X)
             I = m.layers[0].input_size
             if X.shape != (N, I):
                 raise ValueError(f"X: expected shape ({N}, {I}) for {N} streams, got {X.shape}")
-            X = np.ascontiguousarray(X, np.float32)
+            X = kernel_array(X)
         if X.shape[0] != N:
             raise ValueError(f"X: expected {N} token ids for {N} streams, got {X.shape[0]}")
-        Y = np.empty((N, m.output_size), np.float32)
+        Y = np.empty((N, m.output_size), F32)
         if N and _step_many(X, self._packed.wp, self._packed.meta, addrs, Y) == NONFINITE:
-            raise _nonfinite("X")
+            raise nonfinite("X")
         return Y
 
     def _require_streamable(self):
@@ -198,27 +181,24 @@ class Engine:
         batched = X.ndim == 3
         if not batched:
             X = X[None]
-        elif m.layout == 0:
-            X = X.transpose(1, 0, 2)
-        X = np.ascontiguousarray(X)  # (B, T, I)
         B, T = X.shape[:2]
         if lengths is None:
             lens = np.full(B, T, np.int64)
         else:
-            lens = _numeric("lengths", lengths)
+            lens = numeric("lengths", lengths)
             if lens.dtype.kind not in "iu" or (lens.shape != (B,) if batched else lens.size != 1):
                 raise ValueError(f"lengths: expected {B} integer(s), got {lens.dtype} shape {lens.shape}")
             lens = lens.reshape(B).astype(np.int64)
             if (lens < 0).any() or (lens > T).any():
                 raise ValueError(f"lengths: every value must be in [0, {T}], got {lens.tolist()}")
         if state is None:
-            h = np.zeros((B, p.ncell, p.pmax), np.float32)
-            c = np.zeros((B, p.ncell, p.hmax), np.float32)
+            h = np.zeros((B, p.ncell, p.pmax), F32)
+            c = np.zeros((B, p.ncell, p.hmax), F32)
         else:  # fresh arrays: the kernel updates them in place
             h, c = self._state_arrays(state, batch=B if batched else None)
-        Y = np.empty((B, T, m.output_size), np.float32)
+        Y = np.empty((B, T, m.output_size), F32)
         if _run(X, lens, p.wp, p.meta, h, c, Y) == NONFINITE:
-            raise _nonfinite("X")
+            raise nonfinite("X")
         hl = [h[:, k, :P] for k, (P, _) in enumerate(m.state_sizes)]
         cl = [c[:, k, :H] for k, (_, H) in enumerate(m.state_sizes)]
         if not batched:
@@ -228,11 +208,12 @@ class Engine:
 
     # ---- boundary checks ---------------------------------------------------
     def _frames(self, X, name, allow_batch):
-        """X as float32 frames (T, I), or also (T, B, I) with allow_batch; token ids go
-        through the embedding table."""
+        """X as the kernels' float32 frames (T, I), or with allow_batch also a batch, which
+        comes back batch-first, (B, T, I), whatever the model's layout; converted in one
+        copy at most. Token ids, (T,) or (T, B), go through the embedding table."""
         m = self.model
         if m.embedding is not None:
-            ids = _numeric(name, X)
+            ids = numeric(name, X)
             if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2):
                 raise ValueError(f"{name}: token model expects integer ids shaped (T,) or "
                                  f"(T, B), got {ids.dtype} shape {ids.shape}")
@@ -240,14 +221,19 @@ class Engine:
             if ids.size and (ids.min() < 0 or ids.max() >= V):
                 raise ValueError(f"{name}: token ids must be in [0, {V}), got values in "
                                  f"[{ids.min()}, {ids.max()}]")
-            return m.embedding.weight[ids]
-        a = _numeric(name, X)
+            return m.embedding.weight[self._batch_first(ids, 2)]  # a fresh C array
+        a = numeric(name, X)
         I = m.layers[0].input_size
         ok = a.ndim in (2, 3) if allow_batch else a.ndim == 2
         if not ok or a.shape[-1] != I:
             want = "(T, %d) or (T, B, %d)" % (I, I) if allow_batch else "(T, %d)" % I
             raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
-        return np.ascontiguousarray(a, np.float32)
+        return kernel_array(self._batch_first(a, 3))
+
+    def _batch_first(self, a, batched_ndim):
+        """A view of `a` with the batch axis first, when it is batched and layout 0 puts
+        time first; converting after this view copies once."""
+        return a.swapaxes(0, 1) if a.ndim == batched_ndim and self.model.layout == 0 else a
 
     def _state_arrays(self, state, batch):
         """(h, c) lists -> (B or 1, ncell, PMAX/HMAX) float32 arrays, checked."""
@@ -263,16 +249,16 @@ class Engine:
             raise ValueError(f"state: expected {len(sizes)} arrays in h and in c, got "
                              f"{len(h_list)} and {len(c_list)}")
         B = 1 if batch is None else batch
-        h = np.zeros((B, p.ncell, p.pmax), np.float32)
-        c = np.zeros((B, p.ncell, p.hmax), np.float32)
+        h = np.zeros((B, p.ncell, p.pmax), F32)
+        c = np.zeros((B, p.ncell, p.hmax), F32)
         for k, (P, H) in enumerate(sizes):
             for name, src, dst, n in (("h", h_list, h, P), ("c", c_list, c, H)):
-                a = _numeric(f"state {name}[{k}]", src[k])
+                a = numeric(f"state {name}[{k}]", src[k])
                 want = (n,) if batch is None else (batch, n)
                 if a.shape != want:
                     raise ValueError(f"state {name}[{k}]: expected shape {want}, got {a.shape}")
                 if not np.isfinite(a).all():
-                    raise _nonfinite(f"state {name}[{k}]")
+                    raise nonfinite(f"state {name}[{k}]")
                 dst[:, k, :n] = a
         return h, c
 
@@ -289,7 +275,7 @@ class Stream:
         p = engine._packed
         self._engine = engine
         self._wp, self._meta = p.wp, p.meta
-        self._st = np.zeros(p.stream_len, np.float32)
+        self._st = np.zeros(p.stream_len, F32)
         self._addr = self._st.ctypes.data  # for Engine.step_many; the buffer lives as long as the Stream
         n_h = p.ncell * p.pmax
         self._h = self._st[:n_h].reshape(1, p.ncell, p.pmax)
@@ -302,17 +288,16 @@ class Stream:
 
     def step(self, x) -> np.ndarray:
         """One frame (I,) -- or one token id -- in, the output (O,) out."""
-        if self._emb is not None:
-            r = _step(self._frame(x), self._wp, self._meta, self._st)
-        else:
-            try:  # the common case costs no Python check: see Engine._warm
-                r = _step(x, self._wp, self._meta, self._st)
-            except TypeError:
-                r = _step(self._frame(x), self._wp, self._meta, self._st)
+        # a float32 frame the kernel takes as it is costs these checks only; anything
+        # else is converted once (the kernel checks the width and finiteness)
+        if self._emb is not None or not (type(x) is _ndarray and x.dtype is F32 and x.ndim == 1
+                                         and x.flags.carray):
+            x = self._frame(x)
+        r = _step(x, self._wp, self._meta, self._st)
+        if r == BADSHAPE:
+            raise self._bad_shape(x)
         if r:
-            if r == BADSHAPE:
-                self._frame(x)  # raises the ValueError naming expected and actual shapes
-            raise _nonfinite("x")
+            raise nonfinite("x")
         return self._y.copy()
 
     def run(self, X) -> np.ndarray:
@@ -322,30 +307,37 @@ class Stream:
             raise ValueError(f"X: token model expects ids shaped (T,), got shape {np.shape(X)}")
         X = e._frames(X, "X", allow_batch=False)
         T = X.shape[0]
-        Y = np.empty((1, T, e.model.output_size), np.float32)
+        Y = np.empty((1, T, e.model.output_size), F32)
         if T == 0:  # the kernel would apply onnxruntime's empty-sequence rule (zero state)
             return Y[0]
         if _run(X[None], np.array([T], np.int64), self._wp, self._meta, self._h, self._c, Y) \
                 == NONFINITE:
-            raise _nonfinite("X")
+            raise nonfinite("X")
         return Y[0]
 
     def _frame(self, x):
+        """x, one frame or token id, as the frame _step takes (inputs.py)."""
         if self._emb is not None:
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-                a = np.asarray(x)
-                if a.dtype.kind not in "iu" or a.size != 1:
-                    raise ValueError(f"x: token model expects one integer id, got "
-                                     f"{type(x).__name__} {getattr(a, 'dtype', '')} shape {a.shape}")
-                x = a.reshape(())[()]
-            V = self._emb.shape[0]
-            if not 0 <= x < V:
-                raise ValueError(f"x: token id {int(x)} is outside [0, {V})")
-            return self._emb[int(x)]
-        a = _numeric("x", x)
+            return self._emb[self._token_id(x)]  # a row of a C array: the kernel's type
+        a = numeric("x", x)
         if a.shape != self._xshape:
-            raise ValueError(f"x: expected shape {self._xshape}, got {a.shape}")
-        return np.array(a, np.float32, order="C")  # a fresh, writable copy
+            raise self._bad_shape(a)
+        return kernel_array(a)
+
+    def _bad_shape(self, a):
+        return ValueError(f"x: expected shape {self._xshape}, got {np.shape(a)}")
+
+    def _token_id(self, x) -> int:
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+            a = np.asarray(x)
+            if a.dtype.kind not in "iu" or a.size != 1:
+                raise ValueError(f"x: token model expects one integer id, got "
+                                 f"{type(x).__name__} {a.dtype} shape {a.shape}")
+            x = a.reshape(())[()]
+        V = self._emb.shape[0]
+        if not 0 <= x < V:
+            raise ValueError(f"x: token id {int(x)} is outside [0, {V})")
+        return int(x)
 
     @property
     def state(self):
