@@ -5,6 +5,8 @@ A call that raises leaves every state exactly as it was.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import struct
 import warnings
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from .errors import ModelError
 from .inputs import F32, kernel_array, nonfinite, numeric
-from .kernels.layout import HD_IN, HD_ST_Y
+from .kernels.layout import HD_IN, HD_OUT, HD_ST_Y
 from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step, _step_many
 from .model import Model
 from .packing import PRECISIONS as _PANEL_DTYPES, pack
@@ -29,6 +31,13 @@ def _worth_threads(model) -> bool:
     return max(d.W.size + d.R.size for _, _, _, d in model.cells()) >= PARALLEL_MIN_WEIGHTS
 
 
+def _own_copy(model: Model) -> Model:
+    """A deep copy of `model`, built again through Model's constructor, which validates it:
+    the engine then reads no array its caller can still change and trusts no check made
+    before (DESIGN §7). Nothing the original cached (its fingerprint) carries over."""
+    return dataclasses.replace(copy.deepcopy(model))
+
+
 class Engine:
     """Runs one Model; holds its packed weights, shared by every Stream it opens.
 
@@ -38,6 +47,7 @@ class Engine:
     threads: cores that split each layer's hidden units. A parallel region costs a
     few µs, so models whose layers are too small to gain keep to one thread
     (`Engine.threads` says what is used).
+    `model` is the engine's own validated copy of the model it was given.
     """
 
     def __init__(self, model: Model, precision: str = "fp32", threads: int = 1):
@@ -48,10 +58,17 @@ class Engine:
             raise ValueError(f"precision {precision!r} is not available; choose from {PRECISIONS}")
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads={threads!r}: expected a whole number >= 1")
-        self.model = model
+        m = self.model = _own_copy(model)
         self.precision = precision
-        self.threads = int(threads) if _worth_threads(model) else 1
-        self._packed = pack(model, self.threads, precision)
+        self.threads = int(threads) if _worth_threads(m) else 1
+        p = self._packed = pack(m, self.threads, precision)
+        # what the boundary checks against, fixed now: engine.model is reachable, the
+        # kernels read only what was packed
+        self._in, self._out = int(p.meta[0, HD_IN]), int(p.meta[0, HD_OUT])
+        self._emb = None if m.embedding is None else m.embedding.weight
+        self._sizes = tuple(m.state_sizes)
+        self._layout = m.layout
+        self._reverse = [i for i, layer in enumerate(m.layers) if layer.direction != "forward"]
         self._warm()
 
     @property
@@ -63,14 +80,14 @@ class Engine:
         """Compile (or load from numba's cache) every kernel, for the one array type the
         boundary hands it (inputs.py), before the first real call."""
         p = self._packed
-        frame = np.zeros(p.meta[0, HD_IN], F32)
-        if self.model.streamable:
+        frame = np.zeros(self._in, F32)
+        if not self._reverse:
             _step(frame, p.wp, p.meta, np.zeros(p.stream_len, F32))
-            _step_many(np.zeros((0, frame.size), F32), p.wp, p.meta, np.zeros(0, np.int64),
-                       np.zeros((0, self.model.output_size), F32))
+            _step_many(np.zeros((0, self._in), F32), p.wp, p.meta, np.zeros(0, np.int64),
+                       np.zeros((0, self._out), F32))
         h = np.zeros((1, p.ncell, p.pmax), F32)
         c = np.zeros((1, p.ncell, p.hmax), F32)
-        y = np.zeros((1, 1, self.model.output_size), F32)
+        y = np.zeros((1, 1, self._out), F32)
         _run(frame[None, None], np.ones(1, np.int64), p.wp, p.meta, h, c, y)
         if self.threads > 1:
             import numba
@@ -139,29 +156,25 @@ class Engine:
             raise ValueError(f"streams[{i}]: not a Stream opened on this engine (open_stream or restore on it)")
         if len(set(addrs)) != N:
             raise ValueError("streams: a stream appears more than once (it would step twice at once)")
-        addrs = np.array(addrs, np.int64)
-        m = self.model
-        if m.embedding is not None:
+        if self._emb is not None:
             if np.ndim(X) != 1:
                 raise ValueError(f"X: token model expects ids shaped (N,), got shape {np.shape(X)}")
             X = self._frames(X, "X", allow_batch=False)
+            if X.shape[0] != N:
+                raise ValueError(f"X: expected {N} token ids for {N} streams, got {X.shape[0]}")
         else:
             X = numeric("X", X)
-            I = m.layers[0].input_size
-            if X.shape != (N, I):
-                raise ValueError(f"X: expected shape ({N}, {I}) for {N} streams, got {X.shape}")
+            if X.shape != (N, self._in):
+                raise ValueError(f"X: expected shape ({N}, {self._in}) for {N} streams, got {X.shape}")
             X = kernel_array(X)
-        if X.shape[0] != N:
-            raise ValueError(f"X: expected {N} token ids for {N} streams, got {X.shape[0]}")
-        Y = np.empty((N, m.output_size), F32)
-        if N and _step_many(X, self._packed.wp, self._packed.meta, addrs, Y) == NONFINITE:
+        Y = np.empty((N, self._out), F32)
+        if N and _step_many(X, self._packed.wp, self._packed.meta, np.array(addrs, np.int64), Y) == NONFINITE:
             raise nonfinite("X")
         return Y
 
     def _require_streamable(self):
-        if not self.model.streamable:
-            rev = [i for i, layer in enumerate(self.model.layers) if layer.direction != "forward"]
-            raise ModelError(f"layers {rev} run in reverse, which needs the whole sequence: "
+        if self._reverse:
+            raise ModelError(f"layers {self._reverse} run in reverse, which needs the whole sequence: "
                              "this model cannot be streamed; use Engine.run(X) instead")
 
     # ---- offline --------------------------------------------------------------
@@ -175,7 +188,6 @@ class Engine:
            give zero layer output and leave the state alone.
         Returns Y ((T, O), (T, B, O) or (B, T, O)) and (h, c) shaped like `state`.
         """
-        m = self.model
         p = self._packed
         X = self._frames(X, "X", allow_batch=True)
         batched = X.ndim == 3
@@ -196,14 +208,14 @@ class Engine:
             c = np.zeros((B, p.ncell, p.hmax), F32)
         else:  # fresh arrays: the kernel updates them in place
             h, c = self._state_arrays(state, batch=B if batched else None)
-        Y = np.empty((B, T, m.output_size), F32)
+        Y = np.empty((B, T, self._out), F32)
         if _run(X, lens, p.wp, p.meta, h, c, Y) == NONFINITE:
             raise nonfinite("X")
-        hl = [h[:, k, :P] for k, (P, _) in enumerate(m.state_sizes)]
-        cl = [c[:, k, :H] for k, (_, H) in enumerate(m.state_sizes)]
+        hl = [h[:, k, :P] for k, (P, _) in enumerate(self._sizes)]
+        cl = [c[:, k, :H] for k, (_, H) in enumerate(self._sizes)]
         if not batched:
             return Y[0], ([a[0].copy() for a in hl], [a[0].copy() for a in cl])
-        Y = Y.transpose(1, 0, 2) if m.layout == 0 else Y
+        Y = Y.transpose(1, 0, 2) if self._layout == 0 else Y
         return np.ascontiguousarray(Y), ([a.copy() for a in hl], [a.copy() for a in cl])
 
     # ---- boundary checks ---------------------------------------------------
@@ -211,19 +223,18 @@ class Engine:
         """X as the kernels' float32 frames (T, I), or with allow_batch also a batch, which
         comes back batch-first, (B, T, I), whatever the model's layout; converted in one
         copy at most. Token ids, (T,) or (T, B), go through the embedding table."""
-        m = self.model
-        if m.embedding is not None:
+        if self._emb is not None:
             ids = numeric(name, X)
             if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2):
                 raise ValueError(f"{name}: token model expects integer ids shaped (T,) or "
                                  f"(T, B), got {ids.dtype} shape {ids.shape}")
-            V = m.embedding.vocab_size
+            V = self._emb.shape[0]
             if ids.size and (ids.min() < 0 or ids.max() >= V):
                 raise ValueError(f"{name}: token ids must be in [0, {V}), got values in "
                                  f"[{ids.min()}, {ids.max()}]")
-            return m.embedding.weight[self._batch_first(ids, 2)]  # a fresh C array
+            return self._emb[self._batch_first(ids, 2)]  # a fresh C array
         a = numeric(name, X)
-        I = m.layers[0].input_size
+        I = self._in
         ok = a.ndim in (2, 3) if allow_batch else a.ndim == 2
         if not ok or a.shape[-1] != I:
             want = "(T, %d) or (T, B, %d)" % (I, I) if allow_batch else "(T, %d)" % I
@@ -233,12 +244,12 @@ class Engine:
     def _batch_first(self, a, batched_ndim):
         """A view of `a` with the batch axis first, when it is batched and layout 0 puts
         time first; converting after this view copies once."""
-        return a.swapaxes(0, 1) if a.ndim == batched_ndim and self.model.layout == 0 else a
+        return a.swapaxes(0, 1) if a.ndim == batched_ndim and self._layout == 0 else a
 
     def _state_arrays(self, state, batch):
         """(h, c) lists -> (B or 1, ncell, PMAX/HMAX) float32 arrays, checked."""
         p = self._packed
-        sizes = self.model.state_sizes
+        sizes = self._sizes
         try:
             h_list, c_list = state
             h_list, c_list = list(h_list), list(c_list)
@@ -269,7 +280,7 @@ class Stream:
     Not safe for two threads at once; different Streams are (kernels release the GIL).
     """
 
-    __slots__ = ("_engine", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_xshape", "_emb")
+    __slots__ = ("_engine", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_emb", "_xshape")
 
     def __init__(self, engine: Engine):
         p = engine._packed
@@ -281,10 +292,9 @@ class Stream:
         self._h = self._st[:n_h].reshape(1, p.ncell, p.pmax)
         self._c = self._st[n_h:p.state_len].reshape(1, p.ncell, p.hmax)
         y0 = int(p.meta[0, HD_ST_Y])
-        self._y = self._st[y0:y0 + engine.model.output_size]
-        m = engine.model
-        self._emb = None if m.embedding is None else m.embedding.weight
-        self._xshape = (m.layers[0].input_size,)
+        self._y = self._st[y0:y0 + engine._out]
+        self._emb = engine._emb
+        self._xshape = (engine._in,)
 
     def step(self, x) -> np.ndarray:
         """One frame (I,) -- or one token id -- in, the output (O,) out."""
@@ -303,11 +313,11 @@ class Stream:
     def run(self, X) -> np.ndarray:
         """A chunk of frames (T, I) -- or token ids (T,) -- in, outputs (T, O) out."""
         e = self._engine
-        if e.model.embedding is not None and np.ndim(X) != 1:
+        if self._emb is not None and np.ndim(X) != 1:
             raise ValueError(f"X: token model expects ids shaped (T,), got shape {np.shape(X)}")
         X = e._frames(X, "X", allow_batch=False)
         T = X.shape[0]
-        Y = np.empty((1, T, e.model.output_size), F32)
+        Y = np.empty((1, T, e._out), F32)
         if T == 0:  # the kernel would apply onnxruntime's empty-sequence rule (zero state)
             return Y[0]
         if _run(X[None], np.array([T], np.int64), self._wp, self._meta, self._h, self._c, Y) \
@@ -342,7 +352,7 @@ class Stream:
     @property
     def state(self):
         """(h, c): lists of 1-D float32 copies, one per (layer, direction)."""
-        sizes = self._engine.model.state_sizes
+        sizes = self._engine._sizes
         return ([self._h[0, k, :P].copy() for k, (P, _) in enumerate(sizes)],
                 [self._c[0, k, :H].copy() for k, (_, H) in enumerate(sizes)])
 
