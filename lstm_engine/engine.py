@@ -48,6 +48,7 @@ class Engine:
     few µs, so models whose layers are too small to gain keep to one thread
     (`Engine.threads` says what is used).
     `model` is the engine's own validated copy of the model it was given.
+    An Engine pickles (and deep-copies) as its model and arguments, and is rebuilt.
     """
 
     def __init__(self, model: Model, precision: str = "fp32", threads: int = 1):
@@ -60,7 +61,8 @@ class Engine:
             raise ValueError(f"threads={threads!r}: expected a whole number >= 1")
         m = self.model = _own_copy(model)
         self.precision = precision
-        self.threads = int(threads) if _worth_threads(m) else 1
+        self._threads_asked = int(threads)
+        self.threads = self._threads_asked if _worth_threads(m) else 1
         p = self._packed = pack(m, self.threads, precision)
         # what the boundary checks against, fixed now: engine.model is reachable, the
         # kernels read only what was packed
@@ -70,6 +72,10 @@ class Engine:
         self._layout = m.layout
         self._reverse = [i for i, layer in enumerate(m.layers) if layer.direction != "forward"]
         self._warm()
+
+    def __reduce__(self):
+        # packed weights and streams' buffers belong to a process: rebuild from the model
+        return Engine, (self.model, self.precision, self._threads_asked)
 
     @property
     def _fingerprint(self) -> bytes:
@@ -278,6 +284,8 @@ class Stream:
     """The (h, c) state of one stream of frames and the scratch its steps use.
 
     Not safe for two threads at once; different Streams are (kernels release the GIL).
+    A Stream belongs to its Engine and process: it cannot be copied or pickled
+    (snapshot() and Engine.restore move its state).
     """
 
     __slots__ = ("_engine", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_emb", "_xshape")
@@ -295,6 +303,12 @@ class Stream:
         self._y = self._st[y0:y0 + engine._out]
         self._emb = engine._emb
         self._xshape = (engine._in,)
+
+    def __reduce__(self):
+        # a copy would share, or (in another process) dangle at, the buffer step_many writes to
+        raise TypeError("a Stream cannot be copied or pickled: its state lives in its engine's "
+                        "process; use blob = stream.snapshot() and engine.restore(blob) (an Engine "
+                        "pickles)")
 
     def step(self, x) -> np.ndarray:
         """One frame (I,) -- or one token id -- in, the output (O,) out."""
