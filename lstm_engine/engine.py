@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import struct
 import warnings
 
@@ -36,6 +37,27 @@ def _own_copy(model: Model) -> Model:
     the engine then reads no array its caller can still change and trusts no check made
     before (DESIGN §7). Nothing the original cached (its fingerprint) carries over."""
     return dataclasses.replace(copy.deepcopy(model))
+
+
+def _busy() -> RuntimeError:
+    return RuntimeError("this Stream is in use by another thread: a stream takes one call at a "
+                        "time (serialise its calls, or give each thread its own stream); nothing "
+                        "was changed")
+
+
+# A stream's lock is a list that holds one token while no call uses the stream: pop()
+# takes it or fails at once, append() gives it back; each is one atomic C call (under the
+# GIL, or the list's own lock without one). A pair costs ~25 ns, threading.Lock's
+# acquire(False) and release() ~120 ns.
+def _claim(tokens) -> None:
+    """Take every stream's token without waiting, or none of them and raise _busy()."""
+    for k, token in enumerate(tokens):
+        try:
+            token.pop()
+        except IndexError:
+            for held in tokens[:k]:
+                held.append(None)
+            raise _busy() from None
 
 
 class Engine:
@@ -145,7 +167,8 @@ class Engine:
 
         Every weight is read once for all N streams (two matrix products per layer), so
         this costs far less than N steps; each stream ends exactly as its own step() would
-        leave it. Streams must be distinct; on any error none of them changes.
+        leave it. Streams must be distinct, and none in use by another thread; on any
+        error none of them changes.
         """
         self._require_streamable()
         try:
@@ -174,7 +197,16 @@ class Engine:
                 raise ValueError(f"X: expected shape ({N}, {self._in}) for {N} streams, got {X.shape}")
             X = kernel_array(X)
         Y = np.empty((N, self._out), F32)
-        if N and _step_many(X, self._packed.wp, self._packed.meta, np.array(addrs, np.int64), Y) == NONFINITE:
+        if not N:
+            return Y
+        tokens = [s._token for s in streams]
+        _claim(tokens)
+        try:
+            r = _step_many(X, self._packed.wp, self._packed.meta, np.array(addrs, np.int64), Y)
+        finally:
+            for token in tokens:
+                token.append(None)
+        if r == NONFINITE:
             raise nonfinite("X")
         return Y
 
@@ -280,15 +312,30 @@ class Engine:
         return h, c
 
 
+def _exclusive(method):
+    """Run `method` holding the stream's lock (_claim), taken without waiting: a second
+    thread gets RuntimeError instead of a silently diverging state."""
+    @functools.wraps(method)
+    def call(self, *args):
+        _claim((self._token,))
+        try:
+            return method(self, *args)
+        finally:
+            self._token.append(None)
+
+    return call
+
+
 class Stream:
     """The (h, c) state of one stream of frames and the scratch its steps use.
 
-    Not safe for two threads at once; different Streams are (kernels release the GIL).
+    Different Streams may be stepped from different threads at once (kernels release
+    the GIL); one Stream takes one call at a time, a second one raises RuntimeError.
     A Stream belongs to its Engine and process: it cannot be copied or pickled
     (snapshot() and Engine.restore move its state).
     """
 
-    __slots__ = ("_engine", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_emb", "_xshape")
+    __slots__ = ("_engine", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_emb", "_xshape", "_token")
 
     def __init__(self, engine: Engine):
         p = engine._packed
@@ -303,6 +350,7 @@ class Stream:
         self._y = self._st[y0:y0 + engine._out]
         self._emb = engine._emb
         self._xshape = (engine._in,)
+        self._token = [None]  # the stream's lock: see _claim
 
     def __reduce__(self):
         # a copy would share, or (in another process) dangle at, the buffer step_many writes to
@@ -317,13 +365,21 @@ class Stream:
         if self._emb is not None or not (type(x) is _ndarray and x.dtype is F32 and x.ndim == 1
                                          and x.flags.carray):
             x = self._frame(x)
-        r = _step(x, self._wp, self._meta, self._st)
-        if r == BADSHAPE:
-            raise self._bad_shape(x)
-        if r:
-            raise nonfinite("x")
-        return self._y.copy()
+        try:  # _exclusive, inline: two calls less a step
+            self._token.pop()
+        except IndexError:
+            raise _busy() from None
+        try:
+            r = _step(x, self._wp, self._meta, self._st)
+            if r == BADSHAPE:
+                raise self._bad_shape(x)
+            if r:
+                raise nonfinite("x")
+            return self._y.copy()
+        finally:
+            self._token.append(None)
 
+    @_exclusive
     def run(self, X) -> np.ndarray:
         """A chunk of frames (T, I) -- or token ids (T,) -- in, outputs (T, O) out."""
         e = self._engine
@@ -364,16 +420,19 @@ class Stream:
         return int(x)
 
     @property
+    @_exclusive
     def state(self):
         """(h, c): lists of 1-D float32 copies, one per (layer, direction)."""
         sizes = self._engine._sizes
         return ([self._h[0, k, :P].copy() for k, (P, _) in enumerate(sizes)],
                 [self._c[0, k, :H].copy() for k, (_, H) in enumerate(sizes)])
 
+    @_exclusive
     def reset(self) -> None:
         """Back to zero state."""
         self._st[:] = 0
 
+    @_exclusive
     def snapshot(self) -> bytes:
         """The state as bytes, tagged with the model's fingerprint (Engine.restore)."""
         p = self._engine._packed

@@ -1,11 +1,18 @@
-"""Threads and kernel types: engines built while other threads step, and the one array
-type the kernels see whatever a frame looks like."""
+"""Threads and kernel types: engines built while other threads step, the one array type
+the kernels see whatever a frame looks like, and one stream called from several threads."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import pytest
 
 import lstm_engine as le
 from fresh_process import run_python
 from helpers import make_model, rand
 from lstm_engine.kernels.lstm import _run, _step, _step_many
+
+BUSY = "in use by another thread"
 
 FIRST_ENGINES = """
 import threading
@@ -109,3 +116,78 @@ def test_kernels_see_one_array_type(rng):
         assert np.array_equal(eng.step_many([eng.open_stream() for _ in X], A), want_many)
         assert np.array_equal(eng.run(np.asarray(A)[:, None])[0], want_offline)
     assert _signatures() == before
+
+
+def test_one_stream_from_many_threads_is_refused_never_corrupted(rng):
+    # H=256: a step is long enough (GIL released) for calls from other threads to collide
+    I, n_threads, calls = 32, 3, 300
+    eng = le.Engine(make_model(rng, I, (256,), head=4))
+    shared = eng.open_stream()
+    frames = rand(rng, n_threads, calls, I)
+    done = [[] for _ in range(n_threads)]  # per thread, in order: (kind, frame, output) of accepted calls
+    refused = [0] * n_threads
+    start = threading.Barrier(n_threads)
+    call = {
+        "step": lambda s, x, own: s.step(x),
+        "run": lambda s, x, own: s.run(x[None])[0],
+        "step_many": lambda s, x, own: eng.step_many([own, s], np.stack([x, x]))[1],
+    }
+
+    def worker(t):
+        own = eng.open_stream()
+        start.wait()
+        for k in range(calls):
+            kind = list(call)[(k + t) % 3]
+            try:
+                y = call[kind](shared, frames[t, k], own)
+            except RuntimeError as e:
+                assert BUSY in str(e)
+                refused[t] += 1
+            else:
+                done[t].append((kind, frames[t, k], y))
+
+    with ThreadPoolExecutor(n_threads) as ex:
+        list(ex.map(worker, range(n_threads)))
+    assert sum(refused) > 0, "no call collided: the test did not test anything"
+    # the accepted calls ran one at a time: some interleaving of the threads' sequences
+    # replays them exactly, output for output (the first of them to match each output)
+    replay, heads = eng.open_stream(), [0] * n_threads
+    own = eng.open_stream()
+    for _ in range(sum(map(len, done))):
+        for t in range(n_threads):
+            if heads[t] == len(done[t]):
+                continue
+            kind, x, y = done[t][heads[t]]
+            probe = eng.restore(replay.snapshot())
+            if np.array_equal(call[kind](probe, x, own), y):
+                replay, heads[t] = probe, heads[t] + 1
+                break
+        else:
+            pytest.fail("an accepted call's output follows from no sequential order of the calls")
+    assert replay.snapshot() == shared.snapshot()
+
+
+def test_a_busy_stream_refuses_every_call(rng):
+    eng = le.Engine(make_model(rng, 32, (256,), head=4))
+    s, other = eng.open_stream(), eng.open_stream()
+    X = rand(rng, 20000, 32)  # a chunk that runs for a good fraction of a second
+    started = threading.Event()
+
+    def long_run():
+        started.set()
+        s.run(X)
+
+    t = threading.Thread(target=long_run)
+    t.start()
+    started.wait()
+    time.sleep(0.02)
+    for attempt in (lambda: s.step(X[0]), lambda: s.run(X[:2]), lambda: eng.step_many([other, s], X[:2]),
+                    s.reset, s.snapshot, lambda: s.state):
+        with pytest.raises(RuntimeError, match=BUSY):
+            attempt()
+    assert t.is_alive()  # every refusal above overlapped the run
+    t.join()
+    ref = eng.open_stream()
+    ref.run(X)
+    assert s.snapshot() == ref.snapshot()
+    assert other.snapshot() == eng.open_stream().snapshot()  # step_many refused as a whole
