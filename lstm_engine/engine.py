@@ -8,11 +8,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import struct
 import warnings
 
 import numpy as np
 
+from . import snapshot
 from .errors import ModelError
 from .inputs import F32, kernel_array, nonfinite, numeric
 from .kernels.layout import HD_IN, HD_OUT, HD_ST_Y
@@ -21,9 +21,6 @@ from .model import Model
 from .packing import PRECISIONS as _PANEL_DTYPES, pack
 
 PRECISIONS = tuple(_PANEL_DTYPES)
-_SNAP_MAGIC = b"LSTMSNAP"
-_SNAP_VERSION = 1
-_SNAP_HEAD = struct.Struct("<8sH32sI")  # magic, version, model fingerprint, floats
 _ndarray = np.ndarray  # bound once: Stream.step's check saves a module attribute lookup
 PARALLEL_MIN_WEIGHTS = 100_000  # a layer with fewer weights runs faster on one thread (H=64: 0.78x)
 
@@ -139,26 +136,9 @@ class Engine:
         """A Stream that continues where the one that made `blob` (Stream.snapshot) was."""
         self._require_streamable()
         p = self._packed
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise TypeError(f"restore needs the bytes from Stream.snapshot(), got {type(blob).__name__}")
-        blob = bytes(blob)
-        if len(blob) < _SNAP_HEAD.size:
-            raise ValueError("snapshot is truncated")
-        magic, version, fp, n = _SNAP_HEAD.unpack_from(blob)
-        if magic != _SNAP_MAGIC:
-            raise ValueError("not an lstm-engine snapshot")
-        if version != _SNAP_VERSION:
-            raise ValueError(f"snapshot version {version}; this lstm-engine reads {_SNAP_VERSION}")
-        if fp != self._fingerprint:
-            raise ValueError("snapshot was taken on a different model (fingerprint differs)")
-        if n != p.state_len or len(blob) != _SNAP_HEAD.size + 4 * n:
-            raise ValueError(f"snapshot holds {len(blob) - _SNAP_HEAD.size} bytes of state, "
-                             f"expected {4 * p.state_len}")
-        state = np.frombuffer(blob, "<f4", offset=_SNAP_HEAD.size)
-        if not np.isfinite(state).all():
-            raise nonfinite("snapshot state")
+        state = snapshot.decode(blob, self._fingerprint, p.state_len)
         s = Stream(self)
-        s._st[:n] = state
+        s._st[:p.state_len] = state
         return s
 
     def step_many(self, streams, X) -> np.ndarray:
@@ -434,8 +414,6 @@ class Stream:
 
     @_exclusive
     def snapshot(self) -> bytes:
-        """The state as bytes, tagged with the model's fingerprint (Engine.restore)."""
-        p = self._engine._packed
-        state = self._st[:p.state_len].astype("<f4")
-        return _SNAP_HEAD.pack(_SNAP_MAGIC, _SNAP_VERSION, self._engine._fingerprint,
-                               p.state_len) + state.tobytes()
+        """The state as checksummed bytes, tagged with the model's fingerprint (Engine.restore)."""
+        e = self._engine
+        return snapshot.encode(e._fingerprint, self._st[:e._packed.state_len])
