@@ -14,7 +14,7 @@ import numpy as np
 
 from . import snapshot
 from .errors import ModelError
-from .inputs import F32, kernel_array, nonfinite, numeric
+from .inputs import F32, array, kernel_array, nonfinite, numeric
 from .kernels.layout import HD_IN, HD_OUT, HD_ST_Y
 from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step, _step_many
 from .model import Model
@@ -389,7 +389,7 @@ class Stream:
 
     def _token_id(self, x) -> int:
         if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-            a = np.asarray(x)
+            a = array("x", x)
             if a.dtype.kind not in "iu" or a.size != 1:
                 raise ValueError(f"x: token model expects one integer id, got "
                                  f"{type(x).__name__} {a.dtype} shape {a.shape}")
