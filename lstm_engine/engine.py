@@ -5,40 +5,56 @@ A call that raises leaves every state exactly as it was.
 """
 from __future__ import annotations
 
-import struct
+import copy
+import dataclasses
+import functools
 import warnings
 
 import numpy as np
 
+from . import snapshot
 from .errors import ModelError
-from .kernels.layout import HD_IN, HD_ST_Y
+from .inputs import F32, array, kernel_array, nonfinite, numeric
+from .kernels.layout import HD_IN, HD_OUT, HD_ST_Y
 from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step, _step_many
 from .model import Model
 from .packing import PRECISIONS as _PANEL_DTYPES, pack
 
 PRECISIONS = tuple(_PANEL_DTYPES)
-_SNAP_MAGIC = b"LSTMSNAP"
-_SNAP_VERSION = 1
-_SNAP_HEAD = struct.Struct("<8sH32sI")  # magic, version, model fingerprint, floats
-
-
-def _numeric(name, x):
-    a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
-    return a
-
-
-def _nonfinite(name):
-    return ValueError(f"{name}: contains NaN or infinity; refused so the state stays usable "
-                      "(nothing was changed)")
-
-
+_ndarray = np.ndarray  # bound once: Stream.step's check saves a module attribute lookup
 PARALLEL_MIN_WEIGHTS = 100_000  # a layer with fewer weights runs faster on one thread (H=64: 0.78x)
 
 
 def _worth_threads(model) -> bool:
     return max(d.W.size + d.R.size for _, _, _, d in model.cells()) >= PARALLEL_MIN_WEIGHTS
+
+
+def _own_copy(model: Model) -> Model:
+    """A deep copy of `model`, built again through Model's constructor, which validates it:
+    the engine then reads no array its caller can still change and trusts no check made
+    before (DESIGN §7). Nothing the original cached (its fingerprint) carries over."""
+    return dataclasses.replace(copy.deepcopy(model))
+
+
+def _busy() -> RuntimeError:
+    return RuntimeError("this Stream is in use by another thread: a stream takes one call at a "
+                        "time (serialise its calls, or give each thread its own stream); nothing "
+                        "was changed")
+
+
+# A stream's lock is a list that holds one token while no call uses the stream: pop()
+# takes it or fails at once, append() gives it back; each is one atomic C call (under the
+# GIL, or the list's own lock without one). A pair costs ~25 ns, threading.Lock's
+# acquire(False) and release() ~120 ns.
+def _claim(tokens) -> None:
+    """Take every stream's token without waiting, or none of them and raise _busy()."""
+    for k, token in enumerate(tokens):
+        try:
+            token.pop()
+        except IndexError:
+            for held in tokens[:k]:
+                held.append(None)
+            raise _busy() from None
 
 
 class Engine:
@@ -50,6 +66,8 @@ class Engine:
     threads: cores that split each layer's hidden units. A parallel region costs a
     few µs, so models whose layers are too small to gain keep to one thread
     (`Engine.threads` says what is used).
+    `model` is the engine's own validated copy of the model it was given.
+    An Engine pickles (and deep-copies) as its model and arguments, and is rebuilt.
     """
 
     def __init__(self, model: Model, precision: str = "fp32", threads: int = 1):
@@ -60,11 +78,23 @@ class Engine:
             raise ValueError(f"precision {precision!r} is not available; choose from {PRECISIONS}")
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads={threads!r}: expected a whole number >= 1")
-        self.model = model
+        m = self.model = _own_copy(model)
         self.precision = precision
-        self.threads = int(threads) if _worth_threads(model) else 1
-        self._packed = pack(model, self.threads, precision)
+        self._threads_asked = int(threads)
+        self.threads = self._threads_asked if _worth_threads(m) else 1
+        p = self._packed = pack(m, self.threads, precision)
+        # what the boundary checks against, fixed now: engine.model is reachable, the
+        # kernels read only what was packed
+        self._in, self._out = int(p.meta[0, HD_IN]), int(p.meta[0, HD_OUT])
+        self._emb = None if m.embedding is None else m.embedding.weight
+        self._sizes = tuple(m.state_sizes)
+        self._layout = m.layout
+        self._reverse = [i for i, layer in enumerate(m.layers) if layer.direction != "forward"]
         self._warm()
+
+    def __reduce__(self):
+        # packed weights and streams' buffers belong to a process: rebuild from the model
+        return Engine, (self.model, self.precision, self._threads_asked)
 
     @property
     def _fingerprint(self) -> bytes:
@@ -72,22 +102,17 @@ class Engine:
         return bytes.fromhex(self.model.fingerprint())
 
     def _warm(self):
-        """Compile (or load from numba's cache) every kernel before the first real call."""
+        """Compile (or load from numba's cache) every kernel, for the one array type the
+        boundary hands it (inputs.py), before the first real call."""
         p = self._packed
-        frame = np.zeros(p.meta[0, HD_IN], np.float32)
-        if self.model.streamable:
-            # Stream.step hands frames to _step unchecked: only float32 C-contiguous
-            # writable 1-D arrays may pass; anything else raises TypeError and is converted.
-            # Each panel dtype (precision) compiles its own _step, so compiling opens
-            # only while this engine's is loaded.
-            _step.disable_compile(False)
-            _step(frame, p.wp, p.meta, np.zeros(p.stream_len, np.float32))
-            _step.disable_compile()
-            _step_many(np.zeros((0, frame.size), np.float32), p.wp, p.meta, np.zeros(0, np.int64),
-                       np.zeros((0, self.model.output_size), np.float32))
-        h = np.zeros((1, p.ncell, p.pmax), np.float32)
-        c = np.zeros((1, p.ncell, p.hmax), np.float32)
-        y = np.zeros((1, 1, self.model.output_size), np.float32)
+        frame = np.zeros(self._in, F32)
+        if not self._reverse:
+            _step(frame, p.wp, p.meta, np.zeros(p.stream_len, F32))
+            _step_many(np.zeros((0, self._in), F32), p.wp, p.meta, np.zeros(0, np.int64),
+                       np.zeros((0, self._out), F32))
+        h = np.zeros((1, p.ncell, p.pmax), F32)
+        c = np.zeros((1, p.ncell, p.hmax), F32)
+        y = np.zeros((1, 1, self._out), F32)
         _run(frame[None, None], np.ones(1, np.int64), p.wp, p.meta, h, c, y)
         if self.threads > 1:
             import numba
@@ -111,26 +136,9 @@ class Engine:
         """A Stream that continues where the one that made `blob` (Stream.snapshot) was."""
         self._require_streamable()
         p = self._packed
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise TypeError(f"restore needs the bytes from Stream.snapshot(), got {type(blob).__name__}")
-        blob = bytes(blob)
-        if len(blob) < _SNAP_HEAD.size:
-            raise ValueError("snapshot is truncated")
-        magic, version, fp, n = _SNAP_HEAD.unpack_from(blob)
-        if magic != _SNAP_MAGIC:
-            raise ValueError("not an lstm-engine snapshot")
-        if version != _SNAP_VERSION:
-            raise ValueError(f"snapshot version {version}; this lstm-engine reads {_SNAP_VERSION}")
-        if fp != self._fingerprint:
-            raise ValueError("snapshot was taken on a different model (fingerprint differs)")
-        if n != p.state_len or len(blob) != _SNAP_HEAD.size + 4 * n:
-            raise ValueError(f"snapshot holds {len(blob) - _SNAP_HEAD.size} bytes of state, "
-                             f"expected {4 * p.state_len}")
-        state = np.frombuffer(blob, "<f4", offset=_SNAP_HEAD.size)
-        if not np.isfinite(state).all():
-            raise _nonfinite("snapshot state")
+        state = snapshot.decode(blob, self._fingerprint, p.state_len)
         s = Stream(self)
-        s._st[:n] = state
+        s._st[:p.state_len] = state
         return s
 
     def step_many(self, streams, X) -> np.ndarray:
@@ -139,7 +147,8 @@ class Engine:
 
         Every weight is read once for all N streams (two matrix products per layer), so
         this costs far less than N steps; each stream ends exactly as its own step() would
-        leave it. Streams must be distinct; on any error none of them changes.
+        leave it. Streams must be distinct, and none in use by another thread; on any
+        error none of them changes.
         """
         self._require_streamable()
         try:
@@ -156,29 +165,34 @@ class Engine:
             raise ValueError(f"streams[{i}]: not a Stream opened on this engine (open_stream or restore on it)")
         if len(set(addrs)) != N:
             raise ValueError("streams: a stream appears more than once (it would step twice at once)")
-        addrs = np.array(addrs, np.int64)
-        m = self.model
-        if m.embedding is not None:
+        if self._emb is not None:
             if np.ndim(X) != 1:
                 raise ValueError(f"X: token model expects ids shaped (N,), got shape {np.shape(X)}")
             X = self._frames(X, "X", allow_batch=False)
+            if X.shape[0] != N:
+                raise ValueError(f"X: expected {N} token ids for {N} streams, got {X.shape[0]}")
         else:
-            X = _numeric("X", X)
-            I = m.layers[0].input_size
-            if X.shape != (N, I):
-                raise ValueError(f"X: expected shape ({N}, {I}) for {N} streams, got {X.shape}")
-            X = np.ascontiguousarray(X, np.float32)
-        if X.shape[0] != N:
-            raise ValueError(f"X: expected {N} token ids for {N} streams, got {X.shape[0]}")
-        Y = np.empty((N, m.output_size), np.float32)
-        if N and _step_many(X, self._packed.wp, self._packed.meta, addrs, Y) == NONFINITE:
-            raise _nonfinite("X")
+            X = numeric("X", X)
+            if X.shape != (N, self._in):
+                raise ValueError(f"X: expected shape ({N}, {self._in}) for {N} streams, got {X.shape}")
+            X = kernel_array(X)
+        Y = np.empty((N, self._out), F32)
+        if not N:
+            return Y
+        tokens = [s._token for s in streams]
+        _claim(tokens)
+        try:
+            r = _step_many(X, self._packed.wp, self._packed.meta, np.array(addrs, np.int64), Y)
+        finally:
+            for token in tokens:
+                token.append(None)
+        if r == NONFINITE:
+            raise nonfinite("X")
         return Y
 
     def _require_streamable(self):
-        if not self.model.streamable:
-            rev = [i for i, layer in enumerate(self.model.layers) if layer.direction != "forward"]
-            raise ModelError(f"layers {rev} run in reverse, which needs the whole sequence: "
+        if self._reverse:
+            raise ModelError(f"layers {self._reverse} run in reverse, which needs the whole sequence: "
                              "this model cannot be streamed; use Engine.run(X) instead")
 
     # ---- offline --------------------------------------------------------------
@@ -192,67 +206,68 @@ class Engine:
            give zero layer output and leave the state alone.
         Returns Y ((T, O), (T, B, O) or (B, T, O)) and (h, c) shaped like `state`.
         """
-        m = self.model
         p = self._packed
         X = self._frames(X, "X", allow_batch=True)
         batched = X.ndim == 3
         if not batched:
             X = X[None]
-        elif m.layout == 0:
-            X = X.transpose(1, 0, 2)
-        X = np.ascontiguousarray(X)  # (B, T, I)
         B, T = X.shape[:2]
         if lengths is None:
             lens = np.full(B, T, np.int64)
         else:
-            lens = _numeric("lengths", lengths)
+            lens = numeric("lengths", lengths)
             if lens.dtype.kind not in "iu" or (lens.shape != (B,) if batched else lens.size != 1):
                 raise ValueError(f"lengths: expected {B} integer(s), got {lens.dtype} shape {lens.shape}")
             lens = lens.reshape(B).astype(np.int64)
             if (lens < 0).any() or (lens > T).any():
                 raise ValueError(f"lengths: every value must be in [0, {T}], got {lens.tolist()}")
         if state is None:
-            h = np.zeros((B, p.ncell, p.pmax), np.float32)
-            c = np.zeros((B, p.ncell, p.hmax), np.float32)
+            h = np.zeros((B, p.ncell, p.pmax), F32)
+            c = np.zeros((B, p.ncell, p.hmax), F32)
         else:  # fresh arrays: the kernel updates them in place
             h, c = self._state_arrays(state, batch=B if batched else None)
-        Y = np.empty((B, T, m.output_size), np.float32)
+        Y = np.empty((B, T, self._out), F32)
         if _run(X, lens, p.wp, p.meta, h, c, Y) == NONFINITE:
-            raise _nonfinite("X")
-        hl = [h[:, k, :P] for k, (P, _) in enumerate(m.state_sizes)]
-        cl = [c[:, k, :H] for k, (_, H) in enumerate(m.state_sizes)]
+            raise nonfinite("X")
+        hl = [h[:, k, :P] for k, (P, _) in enumerate(self._sizes)]
+        cl = [c[:, k, :H] for k, (_, H) in enumerate(self._sizes)]
         if not batched:
             return Y[0], ([a[0].copy() for a in hl], [a[0].copy() for a in cl])
-        Y = Y.transpose(1, 0, 2) if m.layout == 0 else Y
+        Y = Y.transpose(1, 0, 2) if self._layout == 0 else Y
         return np.ascontiguousarray(Y), ([a.copy() for a in hl], [a.copy() for a in cl])
 
     # ---- boundary checks ---------------------------------------------------
     def _frames(self, X, name, allow_batch):
-        """X as float32 frames (T, I), or also (T, B, I) with allow_batch; token ids go
-        through the embedding table."""
-        m = self.model
-        if m.embedding is not None:
-            ids = _numeric(name, X)
+        """X as the kernels' float32 frames (T, I), or with allow_batch also a batch, which
+        comes back batch-first, (B, T, I), whatever the model's layout; converted in one
+        copy at most. Token ids, (T,) or (T, B), go through the embedding table."""
+        if self._emb is not None:
+            ids = numeric(name, X)
             if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2):
                 raise ValueError(f"{name}: token model expects integer ids shaped (T,) or "
                                  f"(T, B), got {ids.dtype} shape {ids.shape}")
-            V = m.embedding.vocab_size
+            V = self._emb.shape[0]
             if ids.size and (ids.min() < 0 or ids.max() >= V):
                 raise ValueError(f"{name}: token ids must be in [0, {V}), got values in "
                                  f"[{ids.min()}, {ids.max()}]")
-            return m.embedding.weight[ids]
-        a = _numeric(name, X)
-        I = m.layers[0].input_size
+            return self._emb[self._batch_first(ids, 2)]  # a fresh C array
+        a = numeric(name, X)
+        I = self._in
         ok = a.ndim in (2, 3) if allow_batch else a.ndim == 2
         if not ok or a.shape[-1] != I:
             want = "(T, %d) or (T, B, %d)" % (I, I) if allow_batch else "(T, %d)" % I
             raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
-        return np.ascontiguousarray(a, np.float32)
+        return kernel_array(self._batch_first(a, 3))
+
+    def _batch_first(self, a, batched_ndim):
+        """A view of `a` with the batch axis first, when it is batched and layout 0 puts
+        time first; converting after this view copies once."""
+        return a.swapaxes(0, 1) if a.ndim == batched_ndim and self._layout == 0 else a
 
     def _state_arrays(self, state, batch):
         """(h, c) lists -> (B or 1, ncell, PMAX/HMAX) float32 arrays, checked."""
         p = self._packed
-        sizes = self.model.state_sizes
+        sizes = self._sizes
         try:
             h_list, c_list = state
             h_list, c_list = list(h_list), list(c_list)
@@ -263,104 +278,142 @@ class Engine:
             raise ValueError(f"state: expected {len(sizes)} arrays in h and in c, got "
                              f"{len(h_list)} and {len(c_list)}")
         B = 1 if batch is None else batch
-        h = np.zeros((B, p.ncell, p.pmax), np.float32)
-        c = np.zeros((B, p.ncell, p.hmax), np.float32)
+        h = np.zeros((B, p.ncell, p.pmax), F32)
+        c = np.zeros((B, p.ncell, p.hmax), F32)
         for k, (P, H) in enumerate(sizes):
             for name, src, dst, n in (("h", h_list, h, P), ("c", c_list, c, H)):
-                a = _numeric(f"state {name}[{k}]", src[k])
+                a = numeric(f"state {name}[{k}]", src[k])
                 want = (n,) if batch is None else (batch, n)
                 if a.shape != want:
                     raise ValueError(f"state {name}[{k}]: expected shape {want}, got {a.shape}")
                 if not np.isfinite(a).all():
-                    raise _nonfinite(f"state {name}[{k}]")
+                    raise nonfinite(f"state {name}[{k}]")
                 dst[:, k, :n] = a
         return h, c
+
+
+def _exclusive(method):
+    """Run `method` holding the stream's lock (_claim), taken without waiting: a second
+    thread gets RuntimeError instead of a silently diverging state."""
+    @functools.wraps(method)
+    def call(self, *args):
+        _claim((self._token,))
+        try:
+            return method(self, *args)
+        finally:
+            self._token.append(None)
+
+    return call
 
 
 class Stream:
     """The (h, c) state of one stream of frames and the scratch its steps use.
 
-    Not safe for two threads at once; different Streams are (kernels release the GIL).
+    Different Streams may be stepped from different threads at once (kernels release
+    the GIL); one Stream takes one call at a time, a second one raises RuntimeError.
+    A Stream belongs to its Engine and process: it cannot be copied or pickled
+    (snapshot() and Engine.restore move its state).
     """
 
-    __slots__ = ("_engine", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_xshape", "_emb")
+    __slots__ = ("_engine", "_wp", "_meta", "_st", "_addr", "_h", "_c", "_y", "_emb", "_xshape", "_token")
 
     def __init__(self, engine: Engine):
         p = engine._packed
         self._engine = engine
         self._wp, self._meta = p.wp, p.meta
-        self._st = np.zeros(p.stream_len, np.float32)
+        self._st = np.zeros(p.stream_len, F32)
         self._addr = self._st.ctypes.data  # for Engine.step_many; the buffer lives as long as the Stream
         n_h = p.ncell * p.pmax
         self._h = self._st[:n_h].reshape(1, p.ncell, p.pmax)
         self._c = self._st[n_h:p.state_len].reshape(1, p.ncell, p.hmax)
         y0 = int(p.meta[0, HD_ST_Y])
-        self._y = self._st[y0:y0 + engine.model.output_size]
-        m = engine.model
-        self._emb = None if m.embedding is None else m.embedding.weight
-        self._xshape = (m.layers[0].input_size,)
+        self._y = self._st[y0:y0 + engine._out]
+        self._emb = engine._emb
+        self._xshape = (engine._in,)
+        self._token = [None]  # the stream's lock: see _claim
+
+    def __reduce__(self):
+        # a copy would share, or (in another process) dangle at, the buffer step_many writes to
+        raise TypeError("a Stream cannot be copied or pickled: its state lives in its engine's "
+                        "process; use blob = stream.snapshot() and engine.restore(blob) (an Engine "
+                        "pickles)")
 
     def step(self, x) -> np.ndarray:
         """One frame (I,) -- or one token id -- in, the output (O,) out."""
-        if self._emb is not None:
-            r = _step(self._frame(x), self._wp, self._meta, self._st)
-        else:
-            try:  # the common case costs no Python check: see Engine._warm
-                r = _step(x, self._wp, self._meta, self._st)
-            except TypeError:
-                r = _step(self._frame(x), self._wp, self._meta, self._st)
-        if r:
+        # a float32 frame the kernel takes as it is costs these checks only; anything
+        # else is converted once (the kernel checks the width and finiteness)
+        if self._emb is not None or not (type(x) is _ndarray and x.dtype is F32 and x.ndim == 1
+                                         and x.flags.carray):
+            x = self._frame(x)
+        try:  # _exclusive, inline: two calls less a step
+            self._token.pop()
+        except IndexError:
+            raise _busy() from None
+        try:
+            r = _step(x, self._wp, self._meta, self._st)
             if r == BADSHAPE:
-                self._frame(x)  # raises the ValueError naming expected and actual shapes
-            raise _nonfinite("x")
-        return self._y.copy()
+                raise self._bad_shape(x)
+            if r:
+                raise nonfinite("x")
+            return self._y.copy()
+        finally:
+            self._token.append(None)
 
+    @_exclusive
     def run(self, X) -> np.ndarray:
         """A chunk of frames (T, I) -- or token ids (T,) -- in, outputs (T, O) out."""
         e = self._engine
-        if e.model.embedding is not None and np.ndim(X) != 1:
+        if self._emb is not None and np.ndim(X) != 1:
             raise ValueError(f"X: token model expects ids shaped (T,), got shape {np.shape(X)}")
         X = e._frames(X, "X", allow_batch=False)
         T = X.shape[0]
-        Y = np.empty((1, T, e.model.output_size), np.float32)
+        Y = np.empty((1, T, e._out), F32)
         if T == 0:  # the kernel would apply onnxruntime's empty-sequence rule (zero state)
             return Y[0]
         if _run(X[None], np.array([T], np.int64), self._wp, self._meta, self._h, self._c, Y) \
                 == NONFINITE:
-            raise _nonfinite("X")
+            raise nonfinite("X")
         return Y[0]
 
     def _frame(self, x):
+        """x, one frame or token id, as the frame _step takes (inputs.py)."""
         if self._emb is not None:
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-                a = np.asarray(x)
-                if a.dtype.kind not in "iu" or a.size != 1:
-                    raise ValueError(f"x: token model expects one integer id, got "
-                                     f"{type(x).__name__} {getattr(a, 'dtype', '')} shape {a.shape}")
-                x = a.reshape(())[()]
-            V = self._emb.shape[0]
-            if not 0 <= x < V:
-                raise ValueError(f"x: token id {int(x)} is outside [0, {V})")
-            return self._emb[int(x)]
-        a = _numeric("x", x)
+            return self._emb[self._token_id(x)]  # a row of a C array: the kernel's type
+        a = numeric("x", x)
         if a.shape != self._xshape:
-            raise ValueError(f"x: expected shape {self._xshape}, got {a.shape}")
-        return np.array(a, np.float32, order="C")  # a fresh, writable copy
+            raise self._bad_shape(a)
+        return kernel_array(a)
+
+    def _bad_shape(self, a):
+        return ValueError(f"x: expected shape {self._xshape}, got {np.shape(a)}")
+
+    def _token_id(self, x) -> int:
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+            a = array("x", x)
+            if a.dtype.kind not in "iu" or a.size != 1:
+                raise ValueError(f"x: token model expects one integer id, got "
+                                 f"{type(x).__name__} {a.dtype} shape {a.shape}")
+            x = a.reshape(())[()]
+        V = self._emb.shape[0]
+        if not 0 <= x < V:
+            raise ValueError(f"x: token id {int(x)} is outside [0, {V})")
+        return int(x)
 
     @property
+    @_exclusive
     def state(self):
         """(h, c): lists of 1-D float32 copies, one per (layer, direction)."""
-        sizes = self._engine.model.state_sizes
+        sizes = self._engine._sizes
         return ([self._h[0, k, :P].copy() for k, (P, _) in enumerate(sizes)],
                 [self._c[0, k, :H].copy() for k, (_, H) in enumerate(sizes)])
 
+    @_exclusive
     def reset(self) -> None:
         """Back to zero state."""
         self._st[:] = 0
 
+    @_exclusive
     def snapshot(self) -> bytes:
-        """The state as bytes, tagged with the model's fingerprint (Engine.restore)."""
-        p = self._engine._packed
-        state = self._st[:p.state_len].astype("<f4")
-        return _SNAP_HEAD.pack(_SNAP_MAGIC, _SNAP_VERSION, self._engine._fingerprint,
-                               p.state_len) + state.tobytes()
+        """The state as checksummed bytes, tagged with the model's fingerprint (Engine.restore)."""
+        e = self._engine
+        return snapshot.encode(e._fingerprint, self._st[:e._packed.state_len])

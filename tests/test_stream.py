@@ -1,4 +1,7 @@
 """Streaming: step x T == run == Engine.run; snapshots; independent streams; state."""
+import struct
+import zlib
+
 import numpy as np
 import pytest
 
@@ -107,10 +110,23 @@ def test_snapshot_refuses_other_model_and_damage(model, rng):
                      (blob[:8] + b"\x09\x00" + blob[10:], "version")]:
         with pytest.raises(ValueError, match=msg):
             eng.restore(bad)
-    nan = bytearray(blob)
+    nan = bytearray(blob[:-4])  # a NaN under a valid checksum: what a buggy writer could send
     nan[-4:] = np.array([np.nan], "<f4").tobytes()
     with pytest.raises(ValueError, match="NaN"):
-        eng.restore(bytes(nan))
+        eng.restore(bytes(nan) + struct.pack("<I", zlib.crc32(nan)))
+
+
+def test_every_single_byte_change_of_a_snapshot_is_refused(model, rng):
+    eng = le.Engine(model)
+    s = eng.open_stream()
+    s.run(rand(rng, 5, 6))
+    blob = s.snapshot()
+    assert eng.restore(blob).snapshot() == blob
+    for i in range(len(blob)):
+        for v in range(256):
+            if v != blob[i]:
+                with pytest.raises(ValueError):
+                    eng.restore(blob[:i] + bytes([v]) + blob[i + 1:])
 
 
 def test_interleaved_streams_do_not_affect_each_other(model, rng):
