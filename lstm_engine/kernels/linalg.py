@@ -7,7 +7,7 @@ numba vectorises well on its own.
 import numpy as np
 from numba import prange
 
-from .config import kernel, parallel_kernel
+from .config import inline_kernel, kernel, parallel_kernel
 from .layout import BLOCK
 from .simd import FRAMES, GROUP, I8_EXTRA, gemm, gemm_acc, gemv2, gemv2_acc, gemv4, gemv4_acc
 
@@ -16,7 +16,7 @@ QUAD = 4 * GROUP  # gate rows per gemv4 call, for weights that come from memory
 assert 4 * BLOCK % QUAD == 0, "a block's gate rows must be whole row sets of the widest gemv"
 
 
-@kernel
+@inline_kernel
 def _offset(r, K, p):
     """Element offset of the group holding row r (a multiple of GROUP) in panel p of K
     columns: int8 rows carry I8_EXTRA more for their scale, bf16 rows pad K to pairs
@@ -28,7 +28,7 @@ def _offset(r, K, p):
     return r * K
 
 
-@kernel
+@inline_kernel
 def _gates(Wp, x, Rp, h, r0, n, wide, flip, out):
     """out[j] = W[r0 + j] . x + R[r0 + j] . h for j < n, rounded up to the kernel's row
     set (QUAD when wide, else PAIR; out must have room). Wp, Rp: panels of W (., I) and

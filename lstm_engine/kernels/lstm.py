@@ -17,7 +17,7 @@ from .layout import (
     HD_PMAX, HD_HMAX, HD_ST_FLIP, HD_ST_G, HD_ST_LEN, HD_ST_M, HD_ST_Y, HD_THREADS,
 )
 from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec
-from .pointers import _f32_at
+from .pointers import _f32_at, _unowned
 from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
 from .simd import WIDTH
 from .update_ir import update_std
@@ -27,33 +27,33 @@ NONFINITE = 1  # an input frame holds NaN or inf; nothing was changed
 BADSHAPE = 2  # a streaming frame is not as wide as the model's input; nothing was changed
 
 
-@kernel
+@inline_kernel
 def _w(wp, cm):
     """The panel of a cell's W (C_ROWS rows of I) in wp, the weights viewed as the panels'
     dtype (packing.Packed.wp); it runs to the end of wp: the kernels read only their rows."""
     return wp[cm[C_W]:]
 
 
-@kernel
+@inline_kernel
 def _r(wp, cm):
     """The panel of a cell's R (C_ROWS rows of P); see _w."""
     return wp[cm[C_R]:]
 
 
-@kernel
+@inline_kernel
 def _h_of(st, hd, cell, n):
     """The first n values of a cell's h in a streaming buffer (layout.py)."""
     return st[cell * hd[HD_PMAX]:cell * hd[HD_PMAX] + n]
 
 
-@kernel
+@inline_kernel
 def _c_of(st, hd, cell, n):
     """The first n values of a cell's c in a streaming buffer (layout.py)."""
     c0 = hd[HD_NCELL] * hd[HD_PMAX] + cell * hd[HD_HMAX]
     return st[c0:c0 + n]
 
 
-@kernel
+@inline_kernel
 def _cell_block(W, x, R, h, wx, ws, cm, flip, u0, n, c, m, g):
     """Gates and pointwise update of hidden units u0 .. u0+n-1 of one cell, one step.
 
@@ -78,6 +78,14 @@ def _cell_block(W, x, R, h, wx, ws, cm, flip, u0, n, c, m, g):
 
 
 @inline_kernel
+def _unit_views(ws, cm, u0, n, c, m):
+    """Units u0 .. u0+n-1 of a cell: their peepholes i, o, f, c and m."""
+    H = cm[C_H]
+    p = cm[C_PEEP] + u0
+    return ws[p:p + n], ws[p + H:p + H + n], ws[p + 2 * H:p + 2 * H + n], c[u0:u0 + n], m[u0:u0 + n]
+
+
+@inline_kernel
 def _update_block(gb, pb, ws, cm, u0, n, c, m):
     """The pointwise update of hidden units u0 .. u0+n-1 of one cell.
 
@@ -86,41 +94,36 @@ def _update_block(gb, pb, ws, cm, u0, n, c, m):
     c, m      as in _cell_block
     Peepholes are always there (zeros when the model has none) and clip always applies
     (float32 max when it has none): both exact, and they keep the loops branch-free.
+    Inlined, and the other activations' path takes the containers, not slices of
+    them: a call beside the slices would keep numba from pruning their reference
+    counts (~140 ns a block).
     """
-    H = cm[C_H]
-    prm = ws[cm[C_PRM]:cm[C_PRM] + 7]
-    bound = prm[6]
-    pi = ws[cm[C_PEEP] + u0:cm[C_PEEP] + u0 + n]
-    po = ws[cm[C_PEEP] + H + u0:cm[C_PEEP] + H + u0 + n]
-    pf = ws[cm[C_PEEP] + 2 * H + u0:cm[C_PEEP] + 2 * H + u0 + n]
-    cb = c[u0:u0 + n]
-    mb = m[u0:u0 + n]
+    if cm[C_ACTF] != 0 or cm[C_ACTG] != 1 or cm[C_ACTH] != 1:
+        _update_general(gb, pb, ws, cm, u0, n, c, m)
+        return
+    bound = ws[cm[C_PRM] + 6]
+    pi, po, pf, cb, mb = _unit_views(ws, cm, u0, n, c, m)
     iforget = cm[C_IFORGET] == 1
-    if cm[C_ACTF] == 0 and cm[C_ACTG] == 1 and cm[C_ACTH] == 1:
-        # sigmoid, tanh, tanh: whole vectors in IR (update_ir.py), the rest in one loop
-        nvec = n // WIDTH
-        update_std(gb, pb, pi, po, pf, cb, mb, nvec, bound, iforget)
-        for j in range(nvec * WIDTH, n):
-            c0 = cb[j]
-            i = _sigmoid(min(max(gb[j] + pb[j] + pi[j] * c0, -bound), bound))
-            f = _sigmoid(min(max(gb[2 * n + j] + pb[2 * n + j] + pf[j] * c0, -bound), bound))
-            f = np.float32(1.0) - i if iforget else f
-            c1 = f * c0 + i * _tanh(min(max(gb[3 * n + j] + pb[3 * n + j], -bound), bound))
-            o = _sigmoid(min(max(gb[n + j] + pb[n + j] + po[j] * c1, -bound), bound))
-            cb[j] = c1
-            mb[j] = o * _tanh(c1)
-    else:
-        _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget)
+    # sigmoid, tanh, tanh: whole vectors in IR (update_ir.py), the rest in one loop
+    nvec = n // WIDTH
+    update_std(gb, pb, pi, po, pf, cb, mb, nvec, bound, iforget)
+    for j in range(nvec * WIDTH, n):
+        c0 = cb[j]
+        i = _sigmoid(min(max(gb[j] + pb[j] + pi[j] * c0, -bound), bound))
+        f = _sigmoid(min(max(gb[2 * n + j] + pb[2 * n + j] + pf[j] * c0, -bound), bound))
+        f = np.float32(1.0) - i if iforget else f
+        c1 = f * c0 + i * _tanh(min(max(gb[3 * n + j] + pb[3 * n + j], -bound), bound))
+        o = _sigmoid(min(max(gb[n + j] + pb[n + j] + po[j] * c1, -bound), bound))
+        cb[j] = c1
+        mb[j] = o * _tanh(c1)
 
 
 @kernel
-def _update_general(gb, pb, pi, po, pf, cb, mb, prm, cm, iforget):
-    """_update_block for any activations: one loop per gate and activation.
-
-    gb (4n,) gate products in block order i, o, f, c; pb (4n,) their bias;
-    pi, po, pf (n,) peepholes; cb (n,) cell state in/out; mb (n,) receives o * h(c).
-    """
-    n = cb.shape[0]
+def _update_general(gb, pb, ws, cm, u0, n, c, m):
+    """_update_block for any activations: one loop per gate and activation."""
+    prm = ws[cm[C_PRM]:cm[C_PRM] + 7]
+    pi, po, pf, cb, mb = _unit_views(ws, cm, u0, n, c, m)
+    iforget = cm[C_IFORGET] == 1
     bound = prm[6]
     af, bf, ag, bg, ah, bh = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5]
     gi = gb[0:n]
@@ -168,6 +171,9 @@ def _cell(W, x, R, h, wx, ws, cm, hd, flip, c, hout, g, m):
     and may be h itself: every block reads h before any of it is written.
     Blocks run on hd[HD_THREADS] threads when that is > 1; flip walks them (and the
     row sets inside them) last to first, see layout.py."""
+    # this function's arguments live through the call: views of them need no counting
+    W, x, R, h, wx, ws = _unowned(W), _unowned(x), _unowned(R), _unowned(h), _unowned(wx), _unowned(ws)
+    cm, hd, c, hout, g, m = _unowned(cm), _unowned(hd), _unowned(c), _unowned(hout), _unowned(g), _unowned(m)
     H = cm[C_H]
     block = hd[HD_BLOCK]
     nthreads = hd[HD_THREADS]
@@ -196,6 +202,7 @@ def _new_h(ws, cm, m, hout):
 @kernel
 def _head(ws, hd, top, y):
     """y = act(W_head . top + b_head), or a copy of top when there is no head."""
+    ws, hd, top, y = _unowned(ws), _unowned(hd), _unowned(top), _unowned(y)  # see _cell
     if hd[HD_HEAD_W] < 0:
         for j in range(top.shape[0]):
             y[j] = top[j]
@@ -220,6 +227,7 @@ def _step(x, wp, meta, st):
     Returns OK, or NONFINITE / BADSHAPE with st untouched (the width is checked here so
     the engine's fast path needs no Python check).
     """
+    x, wp, meta, st = _unowned(x), _unowned(wp), _unowned(meta), _unowned(st)  # see _cell
     hd = meta[0]
     if x.shape[0] != hd[HD_IN]:
         return BADSHAPE
@@ -248,6 +256,7 @@ def _step(x, wp, meta, st):
 def _update_stream(gates, ws, hd, cm, cell, addr, h, m):
     """A cell's pointwise update for one stream of step_many: gates (ROWS,) its W.x + R.h,
     addr its buffer (state updated there), h (P,) receives the new h; m scratch (H,)."""
+    gates, ws, hd, cm, h, m = _unowned(gates), _unowned(ws), _unowned(hd), _unowned(cm), _unowned(h), _unowned(m)
     H = cm[C_H]
     st = _f32_at(addr, hd[HD_ST_LEN])
     c = _c_of(st, hd, cell, H)
@@ -269,6 +278,7 @@ def _step_many(x, wp, meta, addrs, y):
     or NONFINITE with every stream untouched. Sums run in the same order as in _step, so
     each stream's output and state are bit for bit what its own step would give.
     """
+    x, wp, meta, addrs, y = _unowned(x), _unowned(wp), _unowned(meta), _unowned(addrs), _unowned(y)
     N = x.shape[0]
     for i in range(N):
         for k in range(x.shape[1]):
@@ -314,6 +324,8 @@ def _run(x, lengths, wp, meta, h, c, y):
     Per layer and direction, W.x of all valid frames is one matrix product before the
     recurrence. Returns OK, or NONFINITE with h, c and y untouched.
     """
+    x, lengths, wp, meta = _unowned(x), _unowned(lengths), _unowned(wp), _unowned(meta)  # see _cell
+    h, c, y = _unowned(h), _unowned(c), _unowned(y)
     B = x.shape[0]
     T = x.shape[1]
     for b in range(B):
