@@ -18,7 +18,7 @@ from .inputs import F32, array, kernel_array, nonfinite, numeric
 from .kernels.layout import HD_IN, HD_OUT, HD_ST_Y
 from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step, _step_many
 from .model import Model
-from .packing import PRECISIONS as _PANEL_DTYPES, pack
+from .packing import PRECISIONS as _PANEL_DTYPES, aligned_zeros, pack
 
 PRECISIONS = tuple(_PANEL_DTYPES)
 _ndarray = np.ndarray  # bound once: Stream.step's check saves a module attribute lookup
@@ -321,7 +321,7 @@ class Stream:
         p = engine._packed
         self._engine = engine
         self._wp, self._meta = p.wp, p.meta
-        self._st = np.zeros(p.stream_len, F32)
+        self._st = aligned_zeros(p.stream_len)  # vector stores to its scratch stay within cache lines
         self._addr = self._st.ctypes.data  # for Engine.step_many; the buffer lives as long as the Stream
         n_h = p.ncell * p.pmax
         self._h = self._st[:n_h].reshape(1, p.ncell, p.pmax)

@@ -89,14 +89,23 @@ class _Buffer:
         return off
 
     def array(self) -> np.ndarray:
-        """The parts in one buffer that starts on a page: numpy aligns to 16 bytes only,
-        and a 64-byte vector load at offset 16 straddles two cache lines, every one."""
-        raw = np.zeros(self.size + _PAGE // 4, np.float32)
-        start = -raw.ctypes.data % _PAGE // 4
-        out = raw[start:start + self.size]
+        out = aligned_zeros(self.size)
         if self.parts:
             np.concatenate(self.parts, out=out)
         return out
+
+
+def aligned_zeros(n: int) -> np.ndarray:
+    """n float32 zeros starting on a page: numpy aligns to 16 bytes only, and a 64-byte
+    vector load or store at offset 16 straddles two cache lines, every one."""
+    raw = np.zeros(n + _PAGE // 4, np.float32)
+    start = -raw.ctypes.data % _PAGE // 4
+    return raw[start:start + n]
+
+
+def _whole_lines(n: int) -> int:
+    """n floats rounded up to whole 64-byte lines, so the next section starts on one."""
+    return -(-n // _ALIGN) * _ALIGN
 
 
 def bf16_bits(a: np.ndarray) -> np.ndarray:
@@ -169,8 +178,10 @@ def pack(model, threads: int = 1, precision: str = "fp32") -> Packed:
     cells = list(model.cells())
     meta = np.zeros((1 + len(cells), max(L.HD_FIELDS, L.C_FIELDS)), np.int64)
     meta[0, L.HD_THREADS] = threads
-    pmax = max(layer.proj_size for _, _, layer, _ in cells)
-    hmax = max(layer.hidden_size for _, _, layer, _ in cells)
+    # strides of h and c and the scratch offsets in whole lines: every cell's c, and the
+    # gate scratch, start on one in a streaming buffer (Stream allocates it aligned)
+    pmax = _whole_lines(max(layer.proj_size for _, _, layer, _ in cells))
+    hmax = _whole_lines(max(layer.hidden_size for _, _, layer, _ in cells))
     for k, (li, rev, layer, d) in enumerate(cells):
         H, I, P = layer.hidden_size, layer.input_size, layer.proj_size
         perm = gate_row_order(H)
