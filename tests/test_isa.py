@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import lstm_engine
+from lstm_engine import kernels
 from lstm_engine.kernels import isa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def test_override_and_its_errors():
 
 def test_kernel_isa_names_this_process_variant():
     assert lstm_engine.kernel_isa() == isa.ISA.name
-    assert isa.ISA.name == os.environ.get(isa.ENV, isa.select("auto", HOST).name)
+    assert isa.ISA == isa.select(os.environ.get(isa.ENV, "auto"), HOST)
 
 
 def test_asking_for_a_variant_the_cpu_lacks_is_a_clear_error():
@@ -60,7 +61,7 @@ def test_kernels_and_engine_under_every_variant(variant):
     if variant == isa.ISA.name:
         pytest.skip("the rest of the suite runs this process's variant")
     files = ["tests/test_simd.py", "tests/test_vs_onnxruntime.py", "tests/test_step_many.py",
-             "tests/test_precision.py"]
+             "tests/test_precision.py", "tests/test_paths_agree.py"]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
                        env=_env(variant), capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
@@ -96,8 +97,9 @@ def test_the_jit_cache_keeps_variants_apart():
         assert name == variant and float(err) < 1e-4, (variant, r.stdout)
     cache = os.path.join(ROOT, "lstm_engine", "kernels", "__pycache__")
     if os.access(cache, os.W_OK):  # in-tree cache: each variant has its own folder
-        keys = {isa.select(v, HOST).key for v in (a, b)}
-        assert keys <= set(os.listdir(cache))
+        digest = kernels._FOLDER.rsplit("-", 1)[1]
+        folders = {f"{isa.select(v, HOST).key}-{digest}" for v in (a, b)}
+        assert folders <= set(os.listdir(cache))
 
 
 _IR = """

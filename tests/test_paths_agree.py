@@ -6,6 +6,7 @@ import pytest
 
 import lstm_engine as le
 import lstm_engine.reference as ref
+from lstm_engine import activations as acts
 from helpers import make_model
 
 
@@ -27,11 +28,27 @@ def _paths(engine, X, rng):
             "run": (offline, h)}
 
 
+MODELS = {
+    "peepholes, clip, head": dict(I=13, hidden=(70, 33), peep=[True, False], clip=[None, 2.0], head=5),
+    "projection, other activations, input_forget": dict(
+        I=9, hidden=(40, 20), proj=[11, None], input_forget=[True, False],
+        activations=[("HardSigmoid", "Softsign", "Elu"), ("Sigmoid", "Tanh", "Tanh")]),
+    "threads=2": dict(I=64, hidden=(130,), threads=2),
+}
+
+
+@pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
-def test_every_path_gives_the_same_bits(rng, precision):
-    m = make_model(rng, 13, hidden=(70, 33), peep=[True, False], clip=[None, 2.0], head=5)
-    X = rng.standard_normal((11, 13)).astype(np.float32)
-    got = _paths(le.Engine(m, precision=precision), X, rng)
+def test_every_path_gives_the_same_bits(rng, precision, kind):
+    spec = dict(MODELS[kind])
+    I, threads = spec.pop("I"), spec.pop("threads", 1)
+    if "activations" in spec:
+        spec["activations"] = [tuple(acts.make(n) for n in names) for names in spec["activations"]]
+    m = make_model(rng, I, **spec)
+    X = rng.standard_normal((11, I)).astype(np.float32)
+    engine = le.Engine(m, precision=precision, threads=threads)
+    assert engine.threads == threads
+    got = _paths(engine, X, rng)
     y0, h0 = got["step"]
     for name, (y, h) in got.items():
         assert np.array_equal(y, y0), name

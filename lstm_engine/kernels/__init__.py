@@ -3,59 +3,71 @@
 Two things numba's cache does not see are handled here, before any kernel module is
 imported (decorating a kernel fixes where its cache lives):
 - the kernel variant (isa.py) changes the generated code without changing a source
-  line, so every variant caches in a folder of its own (_IsaLocator);
-- a cached kernel is invalidated only when its own file changes, but kernels freeze
-  constants from layout.py and inline code from the other modules here. So the cache
-  is keyed on all of them: when any kernel source changes, the cache is cleared.
+  line;
+- numba keys a cached kernel on its own file only, but kernels freeze constants from
+  layout.py and inline code from the other modules here.
+So every kernel caches in a folder named for the variant and a digest of all the
+kernel sources (_IsaLocator), wherever numba would put its cache (in the package,
+NUMBA_CACHE_DIR, the user's cache): a process never loads code made for another
+variant or from other sources.
 """
 import hashlib
 import os
+import shutil
+import warnings
 
-from numba.core import caching
+from numba.core import caching, config as numba_config
 
-from .isa import ISA
+from . import config
+from .isa import ISA, VARIANTS
 
 _CacheImpl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.61
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def clear_stale_cache(src_dir: str, cache_dir: str) -> bool:
-    """Remove numba's cache files in cache_dir unless they were made from the current
-    sources in src_dir; True when something was cleared. Must run before any kernel
-    is compiled or loaded in this process (numba's index would point at removed files)."""
+def sources_digest(src_dir: str) -> str:
+    """A digest of every kernel source file in src_dir (its names and bytes)."""
     h = hashlib.sha256()
-    for name in sorted(os.listdir(src_dir)):
-        if name.endswith(".py"):
-            with open(os.path.join(src_dir, name), "rb") as f:
-                h.update(name.encode() + f.read())
-    stamp = os.path.join(cache_dir, "kernels.sha256")
     try:
-        with open(stamp) as f:
-            if f.read() == h.hexdigest():
-                return False
+        for name in sorted(os.listdir(src_dir)):
+            if name.endswith(".py"):
+                with open(os.path.join(src_dir, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + f.read())
+    except OSError:  # sources not on a file system (a zip, a frozen app): they cannot change
+        h.update(b"unreadable")
+    return h.hexdigest()[:16]
+
+
+def prune_stale(cache_dir: str, digest: str) -> int:
+    """Remove the variant folders in cache_dir made from other sources; returns how many.
+    Best effort: a folder in use by a process with other sources only costs it a compile."""
+    removed = 0
+    try:
+        names = os.listdir(cache_dir)
     except OSError:
-        pass
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        for name in os.listdir(cache_dir):
-            if name.endswith((".nbi", ".nbc")):
-                os.remove(os.path.join(cache_dir, name))
-        with open(stamp, "w") as f:
-            f.write(h.hexdigest())
-    except OSError:  # a read-only install: numba keeps its cache elsewhere, keyed per file
-        return False
-    return True
+        return 0
+    for name in names:
+        path = os.path.join(cache_dir, name)
+        if name.partition("-")[0] in VARIANTS and not name.endswith("-" + digest):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        elif name.endswith((".nbi", ".nbc", ".sha256")):  # from before the folders: never read again
+            os.remove(path)
+            removed += 1
+    return removed
+
+
+_FOLDER = f"{ISA.key}-{sources_digest(_HERE)}"
 
 
 class _IsaLocator(caching._CacheLocator):
-    """Where numba would cache a kernel of this package, plus a folder per variant
-    (ISA.key), so a process never loads code generated for another variant."""
+    """Where numba would cache a kernel of this package, plus the folder _FOLDER."""
 
     def __init__(self, inner):
         self._inner = inner
 
     def get_cache_path(self):
-        return os.path.join(self._inner.get_cache_path(), ISA.key)
+        return os.path.join(self._inner.get_cache_path(), _FOLDER)
 
     def get_source_stamp(self):
         return self._inner.get_source_stamp()
@@ -82,6 +94,12 @@ class _IsaLocator(caching._CacheLocator):
         return None
 
 
-if _IsaLocator not in _CacheImpl._locator_classes:
+if numba_config.CACHE_LOCATOR_CLASSES:
+    # numba then asks only the locators named there, never _IsaLocator: variants could
+    # load each other's code, so these kernels compile in every process instead
+    warnings.warn("NUMBA_CACHE_LOCATOR_CLASSES is set: lstm-engine's kernels are not cached "
+                  "(their cache must be kept apart per CPU variant)", RuntimeWarning, stacklevel=2)
+    config.FLAGS["cache"] = False
+elif _IsaLocator not in _CacheImpl._locator_classes:
     _CacheImpl._locator_classes.insert(0, _IsaLocator)
-clear_stale_cache(_HERE, os.path.join(_HERE, "__pycache__", ISA.key))
+prune_stale(os.path.join(_HERE, "__pycache__"), _FOLDER.rsplit("-", 1)[1])

@@ -46,21 +46,28 @@ def host_features() -> set:
     return {k for k, v in llvm.get_host_cpu_features().items() if v}
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
 def cache_bytes(level: int, default: int) -> int:
     """Size of cpu0's data (or unified) cache of `level` as the OS reports it (Linux
     sysfs), else `default`: tuning asks the host, never one machine's numbers."""
     root = "/sys/devices/system/cpu/cpu0/cache"
     try:
-        for index in sorted(os.listdir(root)):
-            d = os.path.join(root, index)
-            with open(os.path.join(d, "level")) as f, open(os.path.join(d, "type")) as t, \
-                    open(os.path.join(d, "size")) as z:
-                if int(f.read()) == level and t.read().strip() in ("Data", "Unified"):
-                    size = z.read().strip()
-                    return int(size[:-1]) * {"K": 1 << 10, "M": 1 << 20}[size[-1]] if size[-1] in "KM" \
-                        else int(size)
-    except (OSError, ValueError):
-        pass
+        indexes = sorted(os.listdir(root))
+    except OSError:
+        return default
+    for index in indexes:
+        try:
+            entry = {k: _read(os.path.join(root, index, k)) for k in ("level", "type", "size")}
+            if int(entry["level"]) == level and entry["type"] in ("Data", "Unified"):
+                size = entry["size"]
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+                return int(size[:-1] if scale > 1 else size) * scale
+        except (OSError, ValueError):
+            continue  # an unreadable or odd entry: the others may still tell
     return default
 
 

@@ -99,7 +99,7 @@ def update_std(typingctx, gb, pb, pi, po, pf, c, m, nvec, bound, iforget):
         ivec = lambda x: builder.insert_element(ir.Constant(_V, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))  # noqa: E731
         splat = lambda x: builder.shuffle_vector(ivec(x), ir.Constant(_V, ir.Undefined),  # noqa: E731
                                                  ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH))
-        hi = splat(builder.fpext(bnd, _F32) if bnd.type != _F32 else bnd)
+        hi = splat(builder.fptrunc(bnd, _F32) if bnd.type != _F32 else bnd)
         lo = builder.fneg(hi)
         forget = builder.icmp_unsigned("!=", builder.zext(ifg, _I64) if ifg.type != _I64 else ifg,
                                        ir.Constant(_I64, 0))
