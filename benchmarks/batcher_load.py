@@ -1,0 +1,83 @@
+"""The Batcher in-process under open-loop real-time load: how many streams it serves.
+
+    python benchmarks/batcher_load.py --hidden 128 --streams 2000 --seconds 20
+    python benchmarks/batcher_load.py --hidden 128 --streams 500 --find-max --seconds 10
+    taskset -c 0 python benchmarks/batcher_load.py ...      # one core for everything
+
+The generator is the one `lstm-engine loadtest` uses (an absolute schedule; latency
+from each frame's scheduled time), calling Batcher.step directly instead of sending
+over a socket. Generator, event loop and the batch's worker thread share the process.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+import numpy as np
+
+import lstm_engine
+from lstm_engine.bench import cpu_info, default_model
+from lstm_engine.serving import Batcher, Overloaded
+from lstm_engine.serving import loadtest as lt
+
+
+async def run_batcher(engine, streams: int, period_ms: float, seconds: float, **options) -> dict:
+    lt.check_bounds(streams, period_ms, seconds)
+    period = period_ms / 1e3
+    tally = lt.Tally(streams, period, max(1, round(seconds / period)))
+    frames = np.random.default_rng(0).standard_normal((streams, engine.model.input_size)).astype(np.float32)
+    b = Batcher(engine, **options)
+
+    def sent(i, k, fut):
+        if fut.cancelled() or fut.exception() is not None:
+            tally.refused += 1
+        else:
+            tally.answered(i, k)
+
+    def send(i, k):
+        try:
+            b.step(i, frames[i], seq=k).add_done_callback(lambda fut: sent(i, k, fut))
+        except Overloaded:
+            tally.refused += 1
+
+    await lt.open_loop(tally, send)
+    report = tally.report()
+    report["batcher"] = b.stats()
+    await b.aclose()
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
+    p.add_argument("--streams", type=int, default=1000)
+    p.add_argument("--period-ms", type=float, default=10.0)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--max-wait-ms", type=float, default=1.0)
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--find-max", action="store_true")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    engine = lstm_engine.Engine(default_model(args.hidden), precision=args.precision)
+    options = dict(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch)
+
+    def run(n):
+        return run_batcher(engine, n, args.period_ms, args.seconds, **options)
+
+    print(f"Batcher in-process, H={args.hidden} {args.precision}, {cpu_info()['cpu']}", file=sys.stderr)
+    if args.find_max:
+        result = asyncio.run(lt.find_max(run, args.streams))
+        print(f"served at most {result['max_streams']} streams")
+    else:
+        result = asyncio.run(run(args.streams))
+        print(lt.summary(result))
+        print(json.dumps(result["batcher"]))
+    if args.json:
+        lt.write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
