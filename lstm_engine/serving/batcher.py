@@ -104,7 +104,7 @@ class Batcher:
         self.on_evict, self.store, self.checkpoint_every = on_evict, store, checkpoint_every
         model = engine.model
         self._tokens = model.embedding is not None
-        self._xshape = (model.input_size,)
+        self._xshape = None if self._tokens else (model.input_size,)  # of a frame step() takes as it is
         # frames are copied into this buffer to make step_many's X; batches run one at a
         # time, so one buffer serves them all
         self._X = np.empty((max_batch,) if self._tokens else (max_batch, model.input_size),
@@ -121,6 +121,7 @@ class Batcher:
         self._saves = set()  # checkpoint writes under way
         self._evicting = {}  # key -> its eviction's store write, which a reopening waits for
         self._closed = False
+        self._closing = 0  # streams whose close() waits for their queued frames
         self._waits = WaitLog()
         self._counts = collections.Counter()
 
@@ -138,7 +139,8 @@ class Batcher:
         """
         if self._closed:
             raise RuntimeError("this Batcher is closed")
-        x = self._frame(x)
+        if not (type(x) is np.ndarray and x.dtype is F32 and x.shape == self._xshape):
+            x = self._frame(x)
         slot = self._slots.get(key)
         if slot is None:
             slot = self._new_slot(key)
@@ -150,10 +152,10 @@ class Batcher:
         else:
             self._slots.move_to_end(key)
         fut = self._loop.create_future()
-        now = time.perf_counter()
-        slot.last = now
-        slot.pending.append((x, fut, now, seq))
-        if len(slot.pending) == 1 and slot.stream is not None:
+        slot.last = now = time.perf_counter()
+        pending = slot.pending
+        pending.append((x, fut, now, seq))
+        if len(pending) == 1 and slot.stream is not None:
             self._make_ready(slot, now)
         return fut
 
@@ -175,11 +177,15 @@ class Batcher:
         if slot.closing:
             raise RuntimeError(f"stream {key!r} is already closing")
         slot.closing = True
-        if slot.loading is not None:
-            await asyncio.shield(slot.loading)
-        if slot.pending or slot.busy:
-            slot.drained = self._loop.create_future()
-            await slot.drained
+        self._closing += 1
+        try:
+            if slot.loading is not None:
+                await asyncio.shield(slot.loading)
+            if slot.pending or slot.busy:
+                slot.drained = self._loop.create_future()
+                await slot.drained
+        finally:
+            self._closing -= 1
         blob = self._remove(slot)
         if self.store is not None:
             await self.store.save(key, slot.epoch, slot.seq, blob)
@@ -331,8 +337,6 @@ class Batcher:
             if a.dtype.kind not in "iu" or a.size != 1:
                 raise ValueError(f"x: token model expects one integer id, got {a.dtype} shape {a.shape}")
             return a.reshape(())[()]
-        if type(x) is np.ndarray and x.dtype is F32 and x.shape == self._xshape:
-            return x
         a = numeric("x", x)
         if a.shape != self._xshape:
             raise ValueError(f"x: expected shape {self._xshape}, got {a.shape}")
@@ -424,27 +428,33 @@ class Batcher:
             Y, errors = await self._loop.run_in_executor(self._pool, self._step_each, streams, X)
         except Exception as e:  # not a frame's fault (a bug): every caller of the batch hears it
             Y, errors = None, dict.fromkeys(range(n), e)
-        finally:
+        except BaseException:  # cancelled: the loop is going away
             for slot in slots:
                 slot.busy = False
+            raise
         c = self._counts
         c["batches"] += 1
         c["frames"] += n - len(errors)
         c["failed"] += len(errors)
-        for i, (slot, (_, fut, _, seq)) in enumerate(zip(slots, frames)):
-            err = errors.get(i) if errors else None
-            if err is None:
+        outcomes = [None] * n if Y is None else list(Y)
+        for i, err in errors.items():
+            outcomes[i] = err
+        for slot, (_, fut, _, seq), y in zip(slots, frames, outcomes):
+            slot.busy = False
+            if y.__class__ is np.ndarray:
                 if seq is not None:
                     slot.seq = seq
                 slot.since_ckpt += 1
                 if not fut.done():
-                    fut.set_result(Y[i])
+                    fut.set_result(y)
             elif not fut.done():
-                fut.set_exception(err)
-            if slot.closing:
-                self._settle(slot)
-            elif self.checkpoint_every and slot.since_ckpt >= self.checkpoint_every:
-                self._checkpoint(slot)
+                fut.set_exception(y)
+        if self._closing or self.checkpoint_every:
+            for slot in slots:
+                if slot.closing:
+                    self._settle(slot)
+                elif self.checkpoint_every and slot.since_ckpt >= self.checkpoint_every:
+                    self._checkpoint(slot)
 
     @staticmethod
     def _settle(slot):
