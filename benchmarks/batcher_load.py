@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import pathlib
 import sys
 
 import numpy as np
@@ -58,16 +60,27 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--max-wait-ms", type=float, default=1.0)
     p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--backend", default="lstm-engine", choices=["lstm-engine", "ort"],
+                   help="ort: onnxruntime batch-N with numpy state (benchmarks/ort_service.py)")
     p.add_argument("--find-max", action="store_true")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    engine = lstm_engine.Engine(default_model(args.hidden), precision=args.precision)
+    model = default_model(args.hidden)
+    if args.backend == "ort":
+        sys.path.insert(0, str(pathlib.Path(__file__).parent))
+        from ort_service import OrtEngine
+
+        engine = OrtEngine(model)
+    else:
+        engine = lstm_engine.Engine(model, precision=args.precision)
+    gc.freeze()  # what a service does after start-up (examples/ws_service.py)
     options = dict(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch)
 
     def run(n):
         return run_batcher(engine, n, args.period_ms, args.seconds, **options)
 
-    print(f"Batcher in-process, H={args.hidden} {args.precision}, {cpu_info()['cpu']}", file=sys.stderr)
+    print(f"Batcher in-process on {args.backend}, H={args.hidden} {args.precision}, {cpu_info()['cpu']}",
+          file=sys.stderr)
     if args.find_max:
         result = asyncio.run(lt.find_max(run, args.streams))
         print(f"served at most {result['max_streams']} streams")
