@@ -62,6 +62,8 @@ def main(argv=None):
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--backend", default="lstm-engine", choices=["lstm-engine", "ort"],
                    help="ort: onnxruntime batch-N with numpy state (benchmarks/ort_service.py)")
+    p.add_argument("--switch-ms", type=float, default=0.5,
+                   help="sys.setswitchinterval, as the example service sets it (Python's default: 5)")
     p.add_argument("--find-max", action="store_true")
     p.add_argument("--json")
     args = p.parse_args(argv)
@@ -74,6 +76,7 @@ def main(argv=None):
     else:
         engine = lstm_engine.Engine(model, precision=args.precision)
     gc.freeze()  # what a service does after start-up (examples/ws_service.py)
+    sys.setswitchinterval(args.switch_ms / 1e3)
     options = dict(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch)
 
     def run(n):

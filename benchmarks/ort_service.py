@@ -88,6 +88,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     app = create_app(OrtEngine(default_model(args.hidden)))
     gc.freeze()  # as the example does: see its main()
+    sys.setswitchinterval(0.0005)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", ws="websockets-sansio")
 
 

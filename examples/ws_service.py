@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
@@ -93,6 +94,10 @@ def main(argv=None):
     # numba, numpy and the web stack leave ~10^5 objects that every full garbage
     # collection walks (~20 ms, a stall for every stream); freeze them out of it
     gc.freeze()
+    # A batch's worker thread takes the GIL before and after each kernel call; while
+    # the event loop keeps it busy, Python hands it over only every switch interval
+    # (5 ms by default, half a frame period): ask for it ten times as often
+    sys.setswitchinterval(0.0005)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
 
 
