@@ -16,6 +16,7 @@ import gc
 import json
 import pathlib
 import sys
+import time
 
 import numpy as np
 
@@ -25,12 +26,31 @@ from lstm_engine.serving import Batcher, Overloaded
 from lstm_engine.serving import loadtest as lt
 
 
-async def run_batcher(engine, streams: int, period_ms: float, seconds: float, **options) -> dict:
+class Echo:
+    """Answers every frame at once with its input: the generator's and the callers' own
+    cost (--backend none), to subtract from a Batcher's."""
+
+    def __init__(self, engine, **options):
+        self._loop = asyncio.get_running_loop()
+
+    def step(self, key, x, seq=None):
+        fut = self._loop.create_future()
+        fut.set_result(x)
+        return fut
+
+    def stats(self):
+        return {}
+
+    async def aclose(self):
+        pass
+
+
+async def run_batcher(engine, streams: int, period_ms: float, seconds: float, serve=Batcher, **options) -> dict:
     lt.check_bounds(streams, period_ms, seconds)
     period = period_ms / 1e3
     tally = lt.Tally(streams, period, max(1, round(seconds / period)))
     frames = np.random.default_rng(0).standard_normal((streams, engine.model.input_size)).astype(np.float32)
-    b = Batcher(engine, **options)
+    b = serve(engine, **options)
 
     def sent(i, k, fut):
         if fut.cancelled() or fut.exception() is not None:
@@ -44,9 +64,14 @@ async def run_batcher(engine, streams: int, period_ms: float, seconds: float, **
         except Overloaded:
             tally.refused += 1
 
+    cpu = time.process_time()
     await lt.open_loop(tally, send)
+    cpu = time.process_time() - cpu
     report = tally.report()
     report["batcher"] = b.stats()
+    # all threads' CPU time (generator included) per answered frame: what one core
+    # could carry, whatever else shares the machine
+    report["cpu_us_per_frame"] = cpu / max(1, report["answered"]) * 1e6
     await b.aclose()
     return report
 
@@ -60,8 +85,9 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--max-wait-ms", type=float, default=1.0)
     p.add_argument("--max-batch", type=int, default=256)
-    p.add_argument("--backend", default="lstm-engine", choices=["lstm-engine", "ort"],
-                   help="ort: onnxruntime batch-N with numpy state (benchmarks/ort_service.py)")
+    p.add_argument("--backend", default="lstm-engine", choices=["lstm-engine", "ort", "none"],
+                   help="ort: onnxruntime batch-N with numpy state (benchmarks/ort_service.py); "
+                        "none: no Batcher, every frame answered at once (the generator's own cost)")
     p.add_argument("--switch-ms", type=float, default=0.5,
                    help="sys.setswitchinterval, as the example service sets it (Python's default: 5)")
     p.add_argument("--find-max", action="store_true")
@@ -78,6 +104,8 @@ def main(argv=None):
     gc.freeze()  # what a service does after start-up (examples/ws_service.py)
     sys.setswitchinterval(args.switch_ms / 1e3)
     options = dict(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch)
+    if args.backend == "none":
+        options = {"serve": Echo}
 
     def run(n):
         return run_batcher(engine, n, args.period_ms, args.seconds, **options)
@@ -90,7 +118,7 @@ def main(argv=None):
     else:
         result = asyncio.run(run(args.streams))
         print(lt.summary(result))
-        print(json.dumps(result["batcher"]))
+        print(f"CPU per frame {result['cpu_us_per_frame']:.2f} µs (all threads); batcher {json.dumps(result['batcher'])}")
     if args.json:
         lt.write_json(args.json, result)
 

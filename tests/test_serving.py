@@ -322,3 +322,24 @@ def test_bad_arguments(engine):
                    {"checkpoint_every": 3}):
         with pytest.raises(ValueError):
             Batcher(engine, **kwargs)
+
+
+def test_reopening_waits_for_the_last_checkpoint(engine, rng):
+    X = rand(rng, 3, I)
+
+    class SlowStore(MemoryStore):
+        async def save(self, key, epoch, seq, blob):
+            await asyncio.sleep(0.05)  # the next frame comes before the write lands
+            return await super().save(key, epoch, seq, blob)
+
+    async def main():
+        b = Batcher(engine, store=SlowStore())
+        await b.step("k", X[0], seq=0)
+        closing = asyncio.ensure_future(b.close("k"))
+        await asyncio.sleep(0)  # close() removed the stream; its checkpoint is on its way
+        y = await b.step("k", X[1], seq=1)  # resumes from that checkpoint, not from nothing
+        await closing
+        await b.aclose()
+        return y
+
+    assert np.array_equal(run(main()), reference(engine, X[:2])[1])

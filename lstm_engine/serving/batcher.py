@@ -119,7 +119,8 @@ class Batcher:
         self._pool = None
         self._tasks = []  # the batch loop and the idle sweeper
         self._saves = set()  # checkpoint writes under way
-        self._evicting = {}  # key -> its eviction's store write, which a reopening waits for
+        self._leaving = {}  # key -> the store write of its last checkpoint (eviction, close),
+        #                     which reopening the key waits for
         self._closed = False
         self._closing = 0  # streams whose close() waits for their queued frames
         self._waits = WaitLog()
@@ -188,7 +189,7 @@ class Batcher:
             self._closing -= 1
         blob = self._remove(slot)
         if self.store is not None:
-            await self.store.save(key, slot.epoch, slot.seq, blob)
+            await self._save_last(slot, blob)
         return blob
 
     async def resume_seq(self, key):
@@ -230,7 +231,7 @@ class Batcher:
         batches, sweeper = self._tasks
         sweeper.cancel()
         await asyncio.gather(batches, sweeper, return_exceptions=True)
-        await asyncio.gather(*self._saves, *self._evicting.values(), return_exceptions=True)
+        await asyncio.gather(*self._saves, *self._leaving.values(), return_exceptions=True)
         self._pool.shutdown(wait=True)
 
     # ---- registry --------------------------------------------------------------------
@@ -269,8 +270,8 @@ class Batcher:
     async def _resume(self, slot, state):
         """Claim `slot`'s key in the store; continue at `state`, else from its checkpoint."""
         try:
-            earlier = self._evicting.get(slot.key)
-            if earlier is not None:  # its own eviction's checkpoint comes first
+            earlier = self._leaving.get(slot.key)
+            if earlier is not None:  # its previous life's last checkpoint comes first
                 await asyncio.gather(earlier, return_exceptions=True)
             slot.epoch, slot.ckpt_seq, blob = await self.store.load(slot.key)
             slot.seq = slot.ckpt_seq
@@ -315,15 +316,25 @@ class Batcher:
     async def _evict(self, slot):
         blob = self._remove(slot)
         self._counts["evicted"] += 1
-        key = slot.key
         if self.store is not None:
-            write = self._evicting[key] = self._loop.create_task(
-                self.store.save(key, slot.epoch, slot.seq, blob))
-            write.add_done_callback(lambda _: self._evicting.pop(key, None))
+            self._save_last(slot, blob)  # in the background: the sweep goes on
         elif self.on_evict is not None:
-            done = self.on_evict(key, blob)
+            done = self.on_evict(slot.key, blob)
             if inspect.isawaitable(done):
                 await done
+
+    def _save_last(self, slot, blob) -> asyncio.Task:
+        """Write the last checkpoint of the removed `slot`; a new stream of its key loads
+        only after it."""
+        key = slot.key
+        write = self._leaving[key] = self._loop.create_task(self.store.save(key, slot.epoch, slot.seq, blob))
+
+        def done(_):
+            if self._leaving.get(key) is write:
+                del self._leaving[key]
+
+        write.add_done_callback(done)
+        return write
 
     # ---- frames and batches -------------------------------------------------------------
     def _frame(self, x):
