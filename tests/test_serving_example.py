@@ -29,6 +29,7 @@ def engine():
 def service(engine):
     """ws://127.0.0.1:<free port>/stream, served from a thread; stopped afterwards."""
     pytest.importorskip("fastapi")
+    pytest.importorskip("websockets")  # uvicorn's WebSocket protocol
     uvicorn = pytest.importorskip("uvicorn")
     path = pathlib.Path(__file__).parents[1] / "examples" / "ws_service.py"
     spec = importlib.util.spec_from_file_location("ws_service", path)
@@ -125,3 +126,19 @@ def test_loadtest_refuses_other_hosts(url, message, capsys):
 def test_loadtest_bounds(args, capsys):
     assert main(["loadtest", "ws://127.0.0.1:9/x", *args]) == 2  # refused before connecting
     assert "expected" in capsys.readouterr().err
+
+
+def test_find_max_search():
+    from lstm_engine.serving import loadtest
+
+    runs = []
+
+    async def run(n):  # serves up to 300 streams; the first run at 400 found the generator starved
+        runs.append(n)
+        lagged = n == 400 and runs.count(400) == 1
+        return {"streams": n, "period_ms": 10.0, "dropped": 0, "late": 0, "answered": n, "send_lag_p99_ms":
+                6.0 if lagged else 1.0, "latency_ms": {"p50": 1, "p99": 5.0 if n <= 300 else 20.0, "p99.9": 30}}
+
+    r = asyncio.run(loadtest.find_max(run, 100, progress=lambda _: None))
+    assert runs[:4] == [100, 200, 400, 400] and len(runs) <= loadtest.MAX_TRIALS
+    assert 300 * 0.95 <= r["max_streams"] <= 300 and r["max_streams"] in runs
