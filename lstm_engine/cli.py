@@ -1,4 +1,4 @@
-"""`lstm-engine` command line: bench, validate, convert, info.
+"""`lstm-engine` command line: bench, validate, convert, info, loadtest.
 
 Errors print one line on stderr and exit 2 (the traceback with --debug);
 validate exits 1 when the outputs disagree.
@@ -186,6 +186,30 @@ def _info(args) -> int:
     return EXIT_OK
 
 
+# ---- loadtest ------------------------------------------------------------------------
+def _loadtest(args) -> int:
+    import asyncio
+
+    from .serving import loadtest as lt
+
+    lt.check_bounds(args.streams, args.period_ms, args.seconds)
+    lt.loopback_target(args.url)  # refused before any connection is made
+
+    def run(n):
+        return lt.run_websocket(args.url, n, args.period_ms, args.seconds)
+
+    if args.find_max:
+        result = asyncio.run(lt.find_max(run, args.streams, progress=_progress))
+        print(f"served at most {result['max_streams']} streams with p99 under {args.period_ms:g} ms "
+              f"and no frame dropped ({len(result['trials'])} runs of {args.seconds:g} s)")
+    else:
+        result = asyncio.run(run(args.streams))
+        print(lt.summary(result))
+    if args.json:
+        lt.write_json(args.json, result)
+    return EXIT_OK
+
+
 def _add_converter_options(p):
     g = p.add_argument_group("converter options")
     g.add_argument("--select", choices=["lstm"], help="ONNX: keep only the LSTM stack")
@@ -238,6 +262,18 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     _add_converter_options(i)
     i.set_defaults(func=_info)
+
+    t = sub.add_parser("loadtest", help="drive a WebSocket service (examples/ws_service.py) with N open-loop "
+                                        "real-time streams over loopback")
+    t.add_argument("url", help="ws:// URL on a loopback address, e.g. ws://127.0.0.1:8000/stream")
+    t.add_argument("--streams", type=int, default=100, help="concurrent streams, one connection each "
+                                                             "(the first guess with --find-max)")
+    t.add_argument("--period-ms", type=float, default=10.0, help="frame period of every stream")
+    t.add_argument("--seconds", type=float, default=10.0, help="length of one run")
+    t.add_argument("--find-max", action="store_true",
+                   help="search for the most streams served with p99 under the period and no frame dropped")
+    t.add_argument("--json", help="write the report (every run's, with --find-max) as JSON")
+    t.set_defaults(func=_loadtest)
     return p
 
 

@@ -1,0 +1,507 @@
+"""`Batcher`: a registry of streams and async micro-batching over `Engine.step_many`.
+
+One asyncio task (the batch loop) closes batches; a single worker thread runs them,
+so the event loop never waits on a kernel (step_many releases the GIL) and frames
+keep arriving, and filling the next batch, while one runs. Batches run one at a
+time, which is what lets a batch hold at most one frame per stream and still keep
+each stream's frames in arrival order.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import inspect
+import time
+
+import numpy as np
+
+from ..inputs import F32, kernel_array, numeric
+from .waits import WaitLog
+
+# Defaults, each with its reason (DESIGN §8, issue 14):
+MAX_WAIT_MS = 1.0  # a tenth of a 10 ms audio frame: batches form without adding a period (Ray Serve's
+#                    10 ms default wait is a whole frame; Triton's 0 never waits, so never batches
+#                    streams whose frames are a little apart)
+MAX_BATCH = 256  # step_many's cost per stream is flat from ~50 streams on (H=128: 2.4 µs), and 256
+#                  frames of H=128 run in ~0.6 ms, well inside a period
+IDLE_TIMEOUT_S = 30.0  # a speaker can be silent for seconds: Triton's 1 s drops such streams' state
+MAX_PENDING = 4  # 40 ms of 10 ms frames: absorbs a network burst, bounds what one client can queue
+MAX_STREAMS = 100_000
+
+
+class Overloaded(RuntimeError):
+    """Backpressure: too many frames queued for one stream (max_pending) or too many open
+    streams (max_streams). Nothing was queued or opened; the caller may retry later."""
+
+
+class _Slot:
+    """One open stream and the frames queued for it, oldest first."""
+
+    __slots__ = ("key", "stream", "pending", "busy", "last", "last_batch", "seq", "closing", "drained",
+                 "loading", "epoch", "ckpt_seq", "since_ckpt")
+
+    def __init__(self, key, stream, now):
+        self.key = key
+        self.stream = stream  # None while a store loads it
+        self.pending = []  # (x, future, arrival time, seq): at most max_pending, and an empty list
+        #                    is 56 bytes where a deque is 600 (memory per open stream)
+        self.busy = False  # a frame of it is in the running batch
+        self.last = now  # arrival of its latest frame, for idle eviction
+        self.last_batch = -1  # number of the latest batch that held one of its frames
+        self.seq = None  # seq of its latest applied frame
+        self.closing = False
+        self.drained = None  # a future close() waits on until the queued frames are done
+        self.loading = None  # the task that resumes it from the store
+        self.epoch = None  # its owner epoch in the store
+        self.ckpt_seq = None  # seq inside its latest stored checkpoint
+        self.since_ckpt = 0  # frames applied since that checkpoint
+
+
+class Batcher:
+    """Streams of one engine keyed by any hashable, stepped together through `step_many`.
+
+    engine: an `lstm_engine.Engine` (or anything with its `model`, `open_stream`,
+      `restore` and `step_many`).
+    max_batch: most frames in one step_many call.
+    max_wait_ms: longest a frame waits for others to join its batch. A batch closes as
+      soon as the engine is free and every stream of the previous batch has its next
+      frame queued (streams stepping in lockstep never wait), or this time has passed
+      since its oldest frame arrived, or it holds max_batch frames.
+    max_streams: open streams; one more raises `Overloaded`.
+    max_pending: unanswered frames of one stream (queued or running); one more raises
+      `Overloaded`.
+    idle_timeout_s: a stream without a frame for this long is snapshotted and closed;
+      None keeps streams until close(). Its snapshot goes to the store, else to
+      `on_evict(key, blob)` (which may be a coroutine function), else nowhere: its
+      next frame then opens a new stream at zero state.
+    store: with async `load(key) -> (epoch, seq, blob)` (claims the key: the epoch is
+      newer than every earlier claim; seq and blob are None when nothing is stored) and
+      `save(key, epoch, seq, blob)` (refused by the store for an older epoch): a key
+      opened here resumes from its checkpoint, and one is written on eviction, close,
+      and every `checkpoint_every` frames (0: never in between).
+
+    Use it from one event loop (the one of its first call).
+    """
+
+    def __init__(self, engine, max_batch=MAX_BATCH, max_wait_ms=MAX_WAIT_MS, max_streams=MAX_STREAMS,
+                 max_pending=MAX_PENDING, idle_timeout_s=IDLE_TIMEOUT_S, on_evict=None, store=None,
+                 checkpoint_every=0):
+        for name, v in (("max_batch", max_batch), ("max_streams", max_streams), ("max_pending", max_pending)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: expected a whole number >= 1")
+        if not max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms={max_wait_ms!r}: expected a number >= 0")
+        if idle_timeout_s is not None and not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s={idle_timeout_s!r}: expected a number > 0, or None")
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every={checkpoint_every!r}: expected a whole number >= 0")
+        if checkpoint_every and store is None:
+            raise ValueError("checkpoint_every needs a store to write the checkpoints to")
+        self.engine = engine
+        self.max_batch, self.max_wait_ms, self.max_streams = max_batch, float(max_wait_ms), max_streams
+        self.max_pending, self.idle_timeout_s = max_pending, idle_timeout_s
+        self.on_evict, self.store, self.checkpoint_every = on_evict, store, checkpoint_every
+        model = engine.model
+        self._tokens = model.embedding is not None
+        self._xshape = None if self._tokens else (model.input_size,)  # of a frame step() takes as it is
+        # frames are copied into this buffer to make step_many's X; batches run one at a
+        # time, so one buffer serves them all
+        self._X = np.empty((max_batch,) if self._tokens else (max_batch, model.input_size),
+                           np.int64 if self._tokens else F32)
+        self._slots = collections.OrderedDict()  # least recently stepped first: eviction reads the front
+        self._ready = collections.deque()  # slots with a queued frame, in the order they got one
+        self._oldest = 0.0  # arrival of the oldest queued frame
+        self._batch_no = 0  # the latest batch closed
+        self._missing = 0  # streams of that batch without a next frame queued yet
+        self._waiter = None  # the batch loop sleeps on it
+        self._loop = None
+        self._pool = None
+        self._tasks = []  # the batch loop and the idle sweeper
+        self._saves = set()  # checkpoint writes under way
+        self._leaving = {}  # key -> the store write of its last checkpoint (eviction, close),
+        #                     which reopening the key waits for
+        self._closed = False
+        self._closing = 0  # streams whose close() waits for their queued frames
+        self._waits = WaitLog()
+        self._counts = collections.Counter()
+
+    # ---- public API ----------------------------------------------------------------
+    def step(self, key, x, seq=None) -> asyncio.Future:
+        """Queue one frame of stream `key` (opened at zero state, or from the store, on
+        first use); `await` the result for its output.
+
+        The frame is queued when step is called, so calls are applied in call order.
+        Raises at once: `Overloaded` (max_pending, max_streams), `ValueError` for a frame
+        of the wrong shape or type, `RuntimeError` while the stream closes or after
+        aclose(). A frame the engine refuses (NaN, a token id out of range) fails its own
+        future with `ValueError`, its stream unchanged; the rest of its batch runs.
+        Cancelling the future before its batch starts withdraws the frame.
+        """
+        if self._closed:
+            raise RuntimeError("this Batcher is closed")
+        if not (type(x) is np.ndarray and x.dtype is F32 and x.shape == self._xshape):
+            x = self._frame(x)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._new_slot(key)
+        elif slot.closing:
+            raise RuntimeError(f"stream {key!r} is closing")
+        elif len(slot.pending) + slot.busy >= self.max_pending:
+            self._counts["overloaded"] += 1
+            raise Overloaded(f"stream {key!r} has {self.max_pending} frames unanswered (max_pending)")
+        else:
+            self._slots.move_to_end(key)
+        fut = self._loop.create_future()
+        slot.last = now = time.perf_counter()
+        pending = slot.pending
+        pending.append((x, fut, now, seq))
+        if len(pending) == 1 and slot.stream is not None:
+            self._make_ready(slot, now)
+        return fut
+
+    async def open(self, key, state=None) -> None:
+        """Open stream `key`: at `state` (a snapshot's bytes, or (h, c) lists), else at
+        zero state, or -- with a store -- from its stored checkpoint."""
+        if key in self._slots:
+            raise ValueError(f"stream {key!r} is already open")
+        slot = self._new_slot(key, state)
+        if slot.loading is not None:
+            await asyncio.shield(slot.loading)
+
+    async def close(self, key) -> bytes:
+        """Finish the frames queued for `key`, then close it: returns its final snapshot
+        (also written to the store, when there is one) and frees its slot."""
+        slot = self._slots.get(key)
+        if slot is None:
+            raise KeyError(f"no open stream {key!r}")
+        if slot.closing:
+            raise RuntimeError(f"stream {key!r} is already closing")
+        slot.closing = True
+        self._closing += 1
+        try:
+            if slot.loading is not None:
+                await asyncio.shield(slot.loading)
+            if slot.pending or slot.busy:
+                slot.drained = self._loop.create_future()
+                await slot.drained
+        finally:
+            self._closing -= 1
+        blob = self._remove(slot)
+        if self.store is not None:
+            await self._save_last(slot, blob)
+        return blob
+
+    async def resume_seq(self, key):
+        """The seq of the last frame inside `key`'s stored checkpoint (None if the store
+        holds none); opens the key here from the store when it is not open."""
+        if self.store is None:
+            raise RuntimeError("resume_seq needs a store")
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._new_slot(key)
+        if slot.loading is not None:
+            await asyncio.shield(slot.loading)
+        return slot.ckpt_seq
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def stats(self) -> dict:
+        """Counters since start, and queue waits (arrival to batch start) over the
+        latest frames."""
+        c = self._counts
+        p50, p99 = self._waits.percentiles((50, 99))
+        return {"streams": len(self._slots), "frames": c["frames"], "batches": c["batches"],
+                "mean_batch": c["frames"] / c["batches"] if c["batches"] else 0.0,
+                "queue_wait_p50_ms": p50 * 1e3, "queue_wait_p99_ms": p99 * 1e3,
+                "evicted": c["evicted"], "overloaded": c["overloaded"], "failed": c["failed"]}
+
+    async def aclose(self) -> None:
+        """Refuse new frames, finish the queued ones, write pending checkpoints, stop.
+        Streams stay open (close() each to get its snapshot)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is None:
+            return
+        loaders = [s.loading for s in self._slots.values() if s.loading is not None]
+        await asyncio.gather(*loaders, return_exceptions=True)
+        self._wake()
+        batches, sweeper = self._tasks
+        sweeper.cancel()
+        await asyncio.gather(batches, sweeper, return_exceptions=True)
+        await asyncio.gather(*self._saves, *self._leaving.values(), return_exceptions=True)
+        self._pool.shutdown(wait=True)
+
+    # ---- registry --------------------------------------------------------------------
+    def _start(self):
+        """Bind to the running loop and start the batch loop and the sweeper, on first use."""
+        if self._closed:
+            raise RuntimeError("this Batcher is closed")
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lstm-batcher")
+        self._tasks = [self._loop.create_task(self._batches()), self._loop.create_task(self._sweep())]
+
+    def _admit(self, key):
+        if len(self._slots) >= self.max_streams:
+            self._counts["overloaded"] += 1
+            raise Overloaded(f"{len(self._slots)} streams are open (max_streams); {key!r} was not opened")
+
+    def _new_slot(self, key, state=None) -> _Slot:
+        self._start()
+        self._admit(key)
+        now = time.perf_counter()
+        if self.store is None:
+            slot = _Slot(key, self._open_stream(state), now)
+        else:  # the key is claimed in the store first, whatever the state
+            slot = _Slot(key, None, now)
+            slot.loading = self._loop.create_task(self._resume(slot, state))
+        self._slots[key] = slot
+        return slot
+
+    def _open_stream(self, state):
+        if isinstance(state, (bytes, bytearray, memoryview)):
+            return self.engine.restore(state)
+        return self.engine.open_stream(state=state)
+
+    async def _resume(self, slot, state):
+        """Claim `slot`'s key in the store; continue at `state`, else from its checkpoint."""
+        try:
+            earlier = self._leaving.get(slot.key)
+            if earlier is not None:  # its previous life's last checkpoint comes first
+                await asyncio.gather(earlier, return_exceptions=True)
+            slot.epoch, slot.ckpt_seq, blob = await self.store.load(slot.key)
+            slot.seq = slot.ckpt_seq
+            slot.stream = self._open_stream(blob if state is None else state)
+        except BaseException as e:  # the frames queued meanwhile fail with it; the key is free again
+            self._slots.pop(slot.key, None)
+            for _, fut, _, _ in slot.pending:
+                if not fut.done():
+                    fut.set_exception(e if isinstance(e, Exception) else RuntimeError("resume was cancelled"))
+            slot.pending.clear()
+            raise
+        finally:
+            slot.loading = None
+        if slot.pending:
+            self._make_ready(slot, slot.pending[0][2])
+
+    def _remove(self, slot) -> bytes:
+        """The idle `slot`'s snapshot, its key freed."""
+        blob = slot.stream.snapshot()
+        del self._slots[slot.key]
+        if slot.last_batch == self._batch_no:  # the batch loop no longer waits for its next frame
+            self._missing -= 1
+        return blob
+
+    async def _sweep(self):
+        """Evict streams idle for idle_timeout_s, looking a few times per timeout."""
+        if self.idle_timeout_s is None:
+            return
+        while True:
+            await asyncio.sleep(min(self.idle_timeout_s / 4, 1.0))
+            cutoff = time.perf_counter() - self.idle_timeout_s
+            while self._slots:
+                slot = next(iter(self._slots.values()))
+                if slot.last > cutoff:
+                    break
+                if slot.pending or slot.busy or slot.closing or slot.loading is not None:
+                    slot.last = time.perf_counter()  # not idle: closing, or waiting on a batch or the store
+                    self._slots.move_to_end(slot.key)
+                    continue
+                await self._evict(slot)
+
+    async def _evict(self, slot):
+        blob = self._remove(slot)
+        self._counts["evicted"] += 1
+        if self.store is not None:
+            self._save_last(slot, blob)  # in the background: the sweep goes on
+        elif self.on_evict is not None:
+            done = self.on_evict(slot.key, blob)
+            if inspect.isawaitable(done):
+                await done
+
+    def _save_last(self, slot, blob) -> asyncio.Task:
+        """Write the last checkpoint of the removed `slot`; a new stream of its key loads
+        only after it."""
+        key = slot.key
+        write = self._leaving[key] = self._loop.create_task(self.store.save(key, slot.epoch, slot.seq, blob))
+
+        def done(_):
+            if self._leaving.get(key) is write:
+                del self._leaving[key]
+
+        write.add_done_callback(done)
+        return write
+
+    # ---- frames and batches -------------------------------------------------------------
+    def _frame(self, x):
+        """x as a row of step_many's X: a float32 frame of the model's input width, or a
+        token id. Whatever the engine refuses beyond this (NaN, ids out of range) it
+        refuses for the batch, and _step_each narrows that down."""
+        if self._tokens:
+            if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+                return x
+            a = numeric("x", x)
+            if a.dtype.kind not in "iu" or a.size != 1:
+                raise ValueError(f"x: token model expects one integer id, got {a.dtype} shape {a.shape}")
+            return a.reshape(())[()]
+        a = numeric("x", x)
+        if a.shape != self._xshape:
+            raise ValueError(f"x: expected shape {self._xshape}, got {a.shape}")
+        return kernel_array(a)
+
+    def _make_ready(self, slot, arrival):
+        """`slot` has a queued frame now: it joins the next batch, which may close sooner."""
+        ready = self._ready
+        if not ready:
+            self._oldest = arrival
+        ready.append(slot)
+        if slot.last_batch == self._batch_no:
+            self._missing -= 1
+        if self._waiter is not None and (len(ready) == 1 or self._missing <= 0 or len(ready) >= self.max_batch):
+            self._wake()
+
+    def _wake(self):
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _closes(self) -> bool:
+        """Whether the next batch closes now (the engine is free whenever this is asked)."""
+        ready = self._ready
+        return bool(ready) and (self._missing <= 0 or len(ready) >= self.max_batch or self._closed)
+
+    async def _batches(self):
+        loop = self._loop
+        while True:
+            while not self._closes():
+                if self._closed and not self._ready:
+                    return
+                handle = None
+                if self._ready:
+                    deadline = self._oldest + self.max_wait_ms / 1e3
+                    delay = deadline - time.perf_counter()
+                    if delay <= 0:
+                        break
+                    handle = loop.call_later(delay, self._wake)
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                    if handle is not None:
+                        handle.cancel()
+            await self._run(*self._take())
+
+    def _take(self):
+        """The next batch: the oldest queued frame of up to max_batch ready streams."""
+        ready = self._ready
+        slots, frames = [], []
+        self._batch_no += 1
+        missing = 0
+        for _ in range(min(len(ready), self.max_batch)):
+            slot = ready.popleft()
+            frame = slot.pending.pop(0)
+            if frame[1].cancelled():  # withdrawn by its caller: never applied
+                if slot.pending:
+                    ready.append(slot)
+                else:
+                    self._settle(slot)
+                continue
+            slot.busy = True
+            slot.last_batch = self._batch_no
+            if slot.pending:
+                ready.append(slot)  # its next frame goes in the next batch
+            else:
+                missing += 1
+            slots.append(slot)
+            frames.append(frame)
+        self._missing = missing
+        if ready:
+            self._oldest = min(s.pending[0][2] for s in ready)
+        return slots, frames
+
+    async def _run(self, slots, frames):
+        n = len(slots)
+        if not n:
+            return
+        X = self._X[:n]
+        if self._tokens:
+            X[:] = [f[0] for f in frames]
+        else:
+            np.stack([f[0] for f in frames], out=X)
+        self._waits.add(time.perf_counter(), [f[2] for f in frames])
+        streams = [s.stream for s in slots]
+        try:
+            Y, errors = await self._loop.run_in_executor(self._pool, self._step_each, streams, X)
+        except Exception as e:  # not a frame's fault (a bug): every caller of the batch hears it
+            Y, errors = None, dict.fromkeys(range(n), e)
+        except BaseException:  # cancelled: the loop is going away
+            for slot in slots:
+                slot.busy = False
+            raise
+        c = self._counts
+        c["batches"] += 1
+        c["frames"] += n - len(errors)
+        c["failed"] += len(errors)
+        outcomes = [None] * n if Y is None else list(Y)
+        for i, err in errors.items():
+            outcomes[i] = err
+        for slot, (_, fut, _, seq), y in zip(slots, frames, outcomes):
+            slot.busy = False
+            if y.__class__ is np.ndarray:
+                if seq is not None:
+                    slot.seq = seq
+                slot.since_ckpt += 1
+                if not fut.done():
+                    fut.set_result(y)
+            elif not fut.done():
+                fut.set_exception(y)
+        if self._closing or self.checkpoint_every:
+            for slot in slots:
+                if slot.closing:
+                    self._settle(slot)
+                elif self.checkpoint_every and slot.since_ckpt >= self.checkpoint_every:
+                    self._checkpoint(slot)
+
+    @staticmethod
+    def _settle(slot):
+        """Tell a close() waiting on `slot` that its queued frames are done."""
+        if slot.drained is not None and not slot.pending and not slot.busy and not slot.drained.done():
+            slot.drained.set_result(None)
+
+    def _step_each(self, streams, X):
+        """step_many on the worker thread. One refused frame refuses the whole call and
+        changes no stream, so a refusal is narrowed down by halves to the frames that
+        cause it, and the others run: returns (Y, {row: ValueError})."""
+        try:
+            return self.engine.step_many(streams, X), {}
+        except ValueError as e:
+            if len(streams) == 1:
+                return None, {0: e}
+        Y = np.empty((len(streams), self.engine.model.output_size), F32)
+        errors = {}
+        half = len(streams) // 2
+        for lo, hi in ((0, half), (half, len(streams))):
+            y, errs = self._step_each(streams[lo:hi], X[lo:hi])
+            if y is not None:
+                Y[lo:hi] = y
+            errors.update((lo + i, err) for i, err in errs.items())
+        return Y, errors
+
+    def _checkpoint(self, slot):
+        """Write `slot`'s state to the store in the background (the next batch may run meanwhile)."""
+        slot.since_ckpt = 0
+        seq = slot.seq
+        write = self._loop.create_task(self.store.save(slot.key, slot.epoch, seq, slot.stream.snapshot()))
+        self._saves.add(write)
+
+        def saved(t):
+            self._saves.discard(t)
+            if not t.cancelled() and t.exception() is None:
+                slot.ckpt_seq = seq
+
+        write.add_done_callback(saved)
