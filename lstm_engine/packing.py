@@ -89,17 +89,19 @@ class _Buffer:
         return off
 
     def array(self) -> np.ndarray:
-        out = aligned_zeros(self.size)
+        out = aligned_zeros(self.size, _PAGE)
         if self.parts:
             np.concatenate(self.parts, out=out)
         return out
 
 
-def aligned_zeros(n: int) -> np.ndarray:
-    """n float32 zeros starting on a page: numpy aligns to 16 bytes only, and a 64-byte
-    vector load or store at offset 16 straddles two cache lines, every one."""
-    raw = np.zeros(n + _PAGE // 4, np.float32)
-    start = -raw.ctypes.data % _PAGE // 4
+def aligned_zeros(n: int, align: int = 64) -> np.ndarray:
+    """n float32 zeros starting at a multiple of `align` bytes: numpy aligns to 16 bytes
+    only, and a 64-byte vector load or store at offset 16 straddles two cache lines,
+    every one. (Weights take a page; a stream's buffer a line, so that 10 000 streams
+    do not pay up to a page each.)"""
+    raw = np.zeros(n + align // 4, np.float32)
+    start = -raw.ctypes.data % align // 4
     return raw[start:start + n]
 
 
