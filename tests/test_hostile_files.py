@@ -1,12 +1,17 @@
 """Mutated and crafted model files give a Model or a ModelError -- never another exception (DESIGN §7)."""
 import json
+import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import lstm_engine as le
-from converters import from_onnx, from_torch, to_onnx
+from converters import from_onnx, from_torch, import_onnx, to_onnx
 from converters.torch_import import _read_zip_checkpoint
 from helpers import make_model
 
@@ -122,3 +127,188 @@ def test_checkpoint_tensor_repeating_its_storage(tmp_path, reader):
     assert (tmp_path / "bomb.pt").stat().st_size < 1 << 20
     with pytest.raises(le.ModelError, match="expanded view"):
         from_torch(tmp_path / "bomb.pt" if reader == "torch" else _read_zip_checkpoint(tmp_path / "bomb.pt"))
+
+
+# ---- ONNX external data: checked against the real file before reading (issue 11, item 5) ----
+def _external_model(folder, rng):
+    """A model whose weights are in folder/w.bin; returns (path, its proto without the data)."""
+    onnx.save(to_onnx(make_model(rng, 4, (8,))), folder / "m.onnx", save_as_external_data=True,
+              all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    return folder / "m.onnx", onnx.load(folder / "m.onnx", load_external_data=False)
+
+
+def _set_external(proto, tensor, **info):
+    for e in tensor.external_data:
+        if e.key in info:
+            e.value = info.pop(e.key)
+    for k, v in info.items():
+        tensor.external_data.add(key=k, value=v)
+    return proto
+
+
+@pytest.mark.parametrize("info, match", [
+    ({"length": str(1 << 40)}, r"claims bytes 0\.\.1099511627776 of a \d+-byte file"),
+    ({"length": str(10 ** 30)}, "length '1000000000000000000000000000000' is not a byte count"),
+    ({"offset": str(10 ** 30)}, "offset .* is not a byte count"),
+    ({"offset": "-5"}, "offset '-5' is not a byte count"),
+    ({"offset": "1_0"}, "offset '1_0' is not a byte count"),
+    ({"location": "w.bin\x00x"}, "is not a file name"),
+], ids=["2^40", "10^30", "offset-10^30", "negative", "underscore", "nul"])
+def test_external_data_claims_are_checked_before_reading(rng, tmp_path, info, match):
+    path, proto = _external_model(tmp_path, rng)
+    onnx.save(_set_external(proto, proto.graph.initializer[0], **info), path)
+    with pytest.raises(le.ModelError, match=match):
+        from_onnx(path)
+
+
+def test_external_bytes_are_read_at_most_once(rng, tmp_path):
+    """Many tensors naming the same bytes would read a small file many times over."""
+    path, proto = _external_model(tmp_path, rng)
+    first = {e.key: e.value for e in proto.graph.initializer[0].external_data}
+    for t in proto.graph.initializer[1:]:
+        _set_external(proto, t, offset=first.get("offset", "0"), length=first["length"])
+    onnx.save(proto, path)
+    with pytest.raises(le.ModelError, match="claim more bytes than it holds"):
+        from_onnx(path)
+
+
+# ---- ONNX glue: attribute values are checked where the importer interprets them (item 5) ----
+def _graph(nodes, inits=(), x_shape=("T", 1, 3), opset=17):
+    """X -> nodes -> Y around an LSTM(hidden 2) that reads X and writes Y0."""
+    lstm = helper.make_node("LSTM", ["X", "W", "R"], ["Y0"], hidden_size=2)
+    inits = [numpy_helper.from_array(np.zeros((1, 8, 3), np.float32), "W"),
+             numpy_helper.from_array(np.zeros((1, 8, 2), np.float32), "R"), *inits]
+    g = helper.make_graph([lstm, *nodes], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _ints(name, values):
+    return helper.make_attribute(name, list(values), attr_type=onnx.AttributeProto.INTS)
+
+
+def _node(op, ins, outs, *attrs, **kw):
+    n = helper.make_node(op, ins, outs, **kw)
+    n.attribute.extend(attrs)
+    return n
+
+
+def _const(name, values):
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+GLUE = {  # Y0 of the LSTM is (T, 1, 1, 2): axes T, D, B, P
+    "reshape-allowzero-0-and-minus-1": ([_node("Reshape", ["Y0", "s"], ["Y"], allowzero=1)], [_const("s", [0, -1])],
+                                        r"Reshape to \[0, -1\]: not a valid shape"),
+    "reshape-two-minus-1": ([_node("Reshape", ["Y0", "s"], ["Y"])], [_const("s", [-1, -1])], "not a valid shape"),
+    "reshape-0-past-rank": ([_node("Reshape", ["Y0", "s"], ["Y"])], [_const("s", [1, 1, 1, 1, 0])],
+                            "a 0 copies a dim the input does not have"),
+    "transpose-empty-perm": ([_node("Transpose", ["Y0"], ["Yt"], _ints("perm", [])),
+                              _node("Squeeze", ["Yt", "a"], ["Y"])], [_const("a", [0])],
+                             "perm .* is not a permutation of 4 axes"),
+    "transpose-repeated-perm": ([_node("Transpose", ["Y0"], ["Y"], _ints("perm", [0, 0, 1, 2]))], [],
+                                "not a permutation"),
+    "squeeze-axis-out-of-range": ([_node("Squeeze", ["Y0", "a"], ["Y"])], [_const("a", [7])],
+                                  "Squeeze axis 7 is out of range for 4 axes"),
+    "unsqueeze-repeated-axis": ([_node("Unsqueeze", ["Y0", "a"], ["Y"])], [_const("a", [0, 0])], "repeat an axis"),
+    "concat-without-axis": ([_node("Concat", ["Y0", "Y0"], ["Y"])], [], "Concat without axis"),
+    "attribute-of-the-wrong-type": ([_node("Transpose", ["Y0"], ["Y"], helper.make_attribute("perm", 1.5))], [],
+                                    "attribute 'perm' is of type FLOAT; ONNX defines it as INTS"),
+    "attribute-unknown": ([_node("Identity", ["Y0"], ["Y"], axis=1)], [], r"unsupported attribute\(s\) \['axis'\]"),
+    "lstm-layout-7": (None, [], "layout=7"),
+}
+
+
+@pytest.mark.parametrize("case", GLUE)
+def test_glue_attribute_values_are_checked(case):
+    nodes, inits, match = GLUE[case]
+    if nodes is None:  # the LSTM node itself
+        proto = _graph([_node("Identity", ["Y0"], ["Y"])])
+        proto.graph.node[0].attribute.append(helper.make_attribute("layout", 7))
+    else:
+        proto = _graph(nodes, inits)
+    with pytest.raises(le.ModelError, match=match):
+        from_onnx(proto)
+
+
+def test_head_softmax_axis_out_of_range(rng):
+    proto = to_onnx(make_model(rng, 4, (8,), head=3, head_act="Softmax"))
+    softmax = next(n for n in proto.graph.node if n.op_type == "Softmax")
+    del softmax.attribute[:]
+    softmax.attribute.append(helper.make_attribute("axis", 9))
+    with pytest.raises(le.ModelError, match="Softmax axis 9 is out of range for 3 axes"):
+        from_onnx(proto)
+
+
+def test_state_input_of_a_huge_declared_size_costs_nothing():
+    """An initial state input declared with 10^12 cells: its cells are a range, never listed."""
+    nodes = [helper.make_node("Slice", ["h0", "s0", "s1", "a"], ["h"]),
+             helper.make_node("LSTM", ["X", "W", "R", "", "", "h"], ["Y"], hidden_size=2)]
+    inits = [numpy_helper.from_array(np.zeros((1, 8, 3), np.float32), "W"),
+             numpy_helper.from_array(np.zeros((1, 8, 2), np.float32), "R"),
+             _const("s0", [0]), _const("s1", [1]), _const("a", [0])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, 3]),
+                                       helper.make_tensor_value_info("h0", TensorProto.FLOAT, [10 ** 12, 1, 2])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    _, io = import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert io.h0 == [("h0", 0, 1)]
+
+
+# ---- what a file makes the loader allocate is bounded in total (item 7) ------------------
+@pytest.fixture
+def small_budget(monkeypatch):
+    """The import budget's growth at 2^20 elements: the same bound, at a scale that keeps
+    the tests light (the default, 2^26, is exercised by the single huge requests above)."""
+    import converters.budget
+
+    monkeypatch.setattr(converters.budget, "GROWTH", 1 << 20)
+    return 1 << 20
+
+
+def _folding_graph(nodes, last, inits):
+    """nodes folding constants into `last`, whose size then reaches W (Shape, ReduceSum,
+    Expand), so the folds lie on the way to the model and are not skipped."""
+    nodes = nodes + [helper.make_node("Shape", [last], ["s"]),
+                     helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+                     helper.make_node("ReduceSum", ["sf"], ["total"], keepdims=0),
+                     helper.make_node("Expand", ["total", "wshape"], ["W"]),
+                     helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=2)]
+    inits = inits + [_const("wshape", [1, 8, 3]), numpy_helper.from_array(np.zeros((1, 8, 2), np.float32), "R")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, 3])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_folds_count_against_one_budget(small_budget):
+    """Concat(D, D) makes no more than its inputs hold, yet a chain of them doubles D each
+    time: every folded element counts, over the whole import."""
+    doublings = 10  # 4096 elements -> 2^22 in the last one
+    nodes = [helper.make_node("Concat", [f"c{k}", f"c{k}"], [f"c{k + 1}"], axis=0) for k in range(doublings)]
+    proto = _folding_graph(nodes, f"c{doublings}", [numpy_helper.from_array(np.zeros(4096, np.float32), "c0")])
+    with pytest.raises(le.ModelError, match="folding constant Concat: .* refused before allocating"):
+        from_onnx(proto)
+
+
+FOLD_MEMORY = """
+import resource, sys
+import numpy as np
+from onnx import helper, numpy_helper
+sys.path.insert(0, sys.argv[1])
+from test_hostile_files import _folding_graph
+from converters import from_onnx
+nodes = [helper.make_node("Concat", ["d"] * 1024, ["big"], axis=0)]
+proto = _folding_graph(nodes, "big", [numpy_helper.from_array(np.zeros(4096, np.int64), "d")])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from_onnx(proto)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in kB is Linux's")
+def test_fold_size_is_told_without_following_values():
+    """A Concat naming one int64 vector 1024 times folds into 4M elements (32 MB): ONNX
+    shape inference with data propagation would follow all of them, at ~80 bytes each."""
+    res = subprocess.run([sys.executable, "-c", FOLD_MEMORY, os.path.dirname(__file__)], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split()[-1]) < 200, f"peak memory grew by {res.stdout.split()[-1]} MB"
