@@ -1,9 +1,12 @@
 """Mutated and crafted model files give a Model or a ModelError -- never another exception (DESIGN §7)."""
+import contextlib
+import io
 import json
 import os
 import struct
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import onnx
@@ -12,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lstm_engine as le
 from converters import from_onnx, from_torch, import_onnx, to_onnx
+from converters.budget import Budget
 from converters.torch_import import _read_zip_checkpoint
 from helpers import make_model
 
@@ -37,6 +41,12 @@ def survives(load, data, tmp_path, suffix):
             pass
 
 
+def read_without_torch(path):
+    """The restricted reader's object from a zip checkpoint, as from_torch makes it without torch."""
+    with open(path, "rb") as f:
+        return _read_zip_checkpoint(f, str(path), Budget())
+
+
 def test_mutated_onnx(rng, tmp_path):
     proto = to_onnx(make_model(rng, 4, (8, 6), head=3, head_act="Softmax", peep=True), with_state=True,
                     with_lengths=True)
@@ -51,7 +61,7 @@ def test_mutated_native(rng, tmp_path):
 def test_mutated_checkpoints_without_torch(tmp_path):
     torch = pytest.importorskip("torch")
     torch.save(torch.nn.LSTM(3, 4, num_layers=2).state_dict(), tmp_path / "ok.pt")
-    survives(lambda p: from_torch(_read_zip_checkpoint(p)), (tmp_path / "ok.pt").read_bytes(), tmp_path, ".pt")
+    survives(lambda p: from_torch(read_without_torch(p)), (tmp_path / "ok.pt").read_bytes(), tmp_path, ".pt")
 
 
 def test_mutated_safetensors(tmp_path):
@@ -125,8 +135,8 @@ def test_checkpoint_tensor_repeating_its_storage(tmp_path, reader):
     sd["buffer"] = torch.zeros(1, dtype=torch.float16).expand(1 << 27)
     torch.save(sd, tmp_path / "bomb.pt")
     assert (tmp_path / "bomb.pt").stat().st_size < 1 << 20
-    with pytest.raises(le.ModelError, match="expanded view"):
-        from_torch(tmp_path / "bomb.pt" if reader == "torch" else _read_zip_checkpoint(tmp_path / "bomb.pt"))
+    with pytest.raises(le.ModelError, match="refused before allocating"):
+        from_torch(tmp_path / "bomb.pt" if reader == "torch" else read_without_torch(tmp_path / "bomb.pt"))
 
 
 # ---- ONNX external data: checked against the real file before reading (issue 11, item 5) ----
@@ -254,6 +264,61 @@ def test_state_input_of_a_huge_declared_size_costs_nothing():
     assert io.h0 == [("h0", 0, 1)]
 
 
+# ---- only regular files are read (item 6) ---------------------------------------------
+RESCUE = """
+import os, sys, time
+time.sleep(10)
+open(sys.argv[2], "w").close()
+while True:  # a writer's open and close releases a reader blocked in open(), and ends its reads
+    try:
+        os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # ENXIO: no reader waits right now
+        pass
+    time.sleep(0.2)
+"""
+
+
+@contextlib.contextmanager
+def fifo_guard(fifo):
+    """Fails the test, instead of hanging it, when a load blocks on `fifo`: after a while,
+    and then as often as it takes, another process opens it for writing. (A thread could
+    not: a reader blocked in native code may hold the GIL.)"""
+    marker = f"{fifo}.rescued"
+    rescuer = subprocess.Popen([sys.executable, "-c", RESCUE, str(fifo), marker])
+    try:
+        yield
+    finally:
+        rescuer.kill()
+        rescuer.wait()
+    assert not os.path.exists(marker), f"the load blocked on the FIFO {fifo}"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("load", ["load", "Model.load", "from_onnx", "from_torch"])
+@pytest.mark.parametrize("suffix", [".lstm", ".safetensors", ".onnx", ".pt"])
+def test_fifo_named_like_a_model_is_refused(tmp_path, suffix, load):
+    fifo = tmp_path / f"x{suffix}"
+    os.mkfifo(fifo)
+    fn = {"load": le.load, "Model.load": le.Model.load, "from_onnx": from_onnx, "from_torch": from_torch}[load]
+    with fifo_guard(fifo), pytest.raises(le.ModelError, match="not a regular file"):
+        fn(fifo)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_as_external_data_is_refused(rng, tmp_path):
+    path, _ = _external_model(tmp_path, rng)
+    (tmp_path / "w.bin").unlink()
+    os.mkfifo(tmp_path / "w.bin")
+    with fifo_guard(tmp_path / "w.bin"), pytest.raises(le.ModelError, match="w.bin.*not a regular file"):
+        from_onnx(path)
+
+
+def test_directory_named_like_a_model_is_refused(tmp_path):
+    (tmp_path / "x.onnx").mkdir()
+    with pytest.raises(le.ModelError, match="not a regular file"):
+        le.load(tmp_path / "x.onnx")
+
+
 # ---- what a file makes the loader allocate is bounded in total (item 7) ------------------
 @pytest.fixture
 def small_budget(monkeypatch):
@@ -312,3 +377,82 @@ def test_fold_size_is_told_without_following_values():
                          text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.split()[-1]) < 200, f"peak memory grew by {res.stdout.split()[-1]} MB"
+
+
+def _views_checkpoint(path, tensors):
+    """tensors saved by torch.save, then re-deflated (torch stores members uncompressed)."""
+    torch = pytest.importorskip("torch")
+    torch.save(tensors, path)
+    data = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+
+
+def _load_both_ways(path, reader):
+    return from_torch(path) if reader == "torch" else from_torch(read_without_torch(path))
+
+
+@pytest.mark.parametrize("reader", ["torch", "restricted"])
+def test_checkpoint_views_count_against_one_budget(tmp_path, reader, small_budget):
+    """16 tensors that each repeat a 2-byte storage 2^17 times pass any per-tensor limit;
+    together they pass the import's budget."""
+    torch = pytest.importorskip("torch")
+    sd = dict(torch.nn.LSTM(3, 4).state_dict())
+    sd.update({f"buffer{k}": torch.zeros(1, dtype=torch.float16).expand(small_budget // 8) for k in range(16)})
+    _views_checkpoint(tmp_path / "views.pt", sd)
+    with pytest.raises(le.ModelError, match="refused before allocating"):
+        _load_both_ways(tmp_path / "views.pt", reader)
+
+
+@pytest.mark.parametrize("reader", ["torch", "restricted"])
+def test_many_views_of_one_storage(tmp_path, reader, small_budget):
+    """400 overlapping views of one deflated 1 MB storage: the storage is read once and the
+    views count against the budget (they would make 400 MB)."""
+    torch = pytest.importorskip("torch")
+    base = torch.zeros(1 << 18)
+    sd = dict(torch.nn.LSTM(3, 4).state_dict())
+    sd.update({f"view{k}": base[k:] for k in range(400)})
+    _views_checkpoint(tmp_path / "views.pt", sd)
+    assert (tmp_path / "views.pt").stat().st_size < 1 << 17
+    with pytest.raises(le.ModelError, match="refused before allocating"):
+        _load_both_ways(tmp_path / "views.pt", reader)
+
+
+def test_tied_weights_count_once(tmp_path, small_budget):
+    """One tensor under two keys (tied weights) is made once, and counted once."""
+    torch = pytest.importorskip("torch")
+    sd = dict(torch.nn.LSTM(3, 4).state_dict())
+    sd["emb.weight"] = sd["head.weight"] = torch.zeros(small_budget // 2 + 10, 3)
+    torch.save(sd, tmp_path / "tied.pt")
+    from_torch(tmp_path / "tied.pt")
+
+
+class _Evil:
+    """Pickled as a persistent id that references one large list many times."""
+
+
+def test_persistent_id_is_quoted_briefly(tmp_path):
+    """The refusal quotes a bounded repr: building the full one of a tuple that references a
+    10^4-element list 2000 times would take ~60 MB from a tiny pickle."""
+    import pickle
+    import tracemalloc
+
+    big = [0] * 10000
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage",) + (big,) * 2000 if isinstance(obj, _Evil) else None
+
+    buf = io.BytesIO()
+    P(buf, protocol=2).dump({"w": _Evil()})
+    with zipfile.ZipFile(tmp_path / "pid.pt", "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+    tracemalloc.start()
+    try:
+        with pytest.raises(le.ModelError, match="unexpected storage record"):
+            read_without_torch(tmp_path / "pid.pt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 << 20, f"{peak} bytes traced"
