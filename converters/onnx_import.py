@@ -40,6 +40,18 @@ _A = onnx.AttributeProto
 _CONSTANT_ATTRS = frozenset({"value", "value_float", "value_floats", "value_int", "value_ints"})
 _HEAD_ACTS = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Relu"}
 _SHAPE_ONLY = 1 << 12  # fold inputs this large reach shape inference as shapes, not values
+# Ops the importer folds when all their inputs are constant: their work grows with their
+# inputs and output, which the budget bounds (MatMul/Gemm with both: at most held x 2^13
+# multiply-adds). ONNX's reference evaluator runs others, such as Conv, in Python loops
+# whose time a small file could make quadratic, for no weight an LSTM needs.
+_FOLDABLE = frozenset({
+    "Identity", "Cast", "CastLike", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat",
+    "Split", "Slice", "Gather", "GatherElements", "Expand", "Tile", "Pad",
+    "Shape", "Size", "ConstantOfShape", "Range",
+    "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Sqrt", "Reciprocal", "Pow", "Exp", "Log", "Max", "Min",
+    "Clip", "Sign", "Floor", "Ceil", "Round", "Relu", "Sigmoid", "Tanh",
+    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Where",
+    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "MatMul", "Gemm", "DequantizeLinear"})
 
 
 class _Refuse(Exception):
@@ -53,8 +65,8 @@ class _Downstream(_Refuse):
 def _output_elements(m: onnx.ModelProto) -> int:
     """Elements the graph outputs of m (one node, constant inputs) will hold, by ONNX shape
     inference before anything is computed. Without data propagation, which would itself
-    spend ~135 bytes per element of the values it follows; the inputs are initializers or
-    typed inputs, so shapes alone tell the sizes."""
+    spend about a hundred bytes per element of the values it follows; the inputs are
+    initializers or typed inputs, so shapes alone tell the sizes."""
     try:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True).graph
     except Exception as e:  # onnx raises its own InferenceError and friends
@@ -243,6 +255,9 @@ class _Importer:
         evaluator once their size is known to fit the import's budget."""
         from onnx.reference import ReferenceEvaluator
 
+        if node.op_type not in _FOLDABLE:
+            raise _Refuse(f"{node.op_type} of constants is not folded (only data movement, shape "
+                          "arithmetic, elementwise math, reductions and MatMul/Gemm are)")
         m, feeds = self._fold_model(node, ins)
         self.budget.spend(_output_elements(m), f"folding constant {node.op_type}" + (f" {node.name!r}" if node.name else ""))
         try:
@@ -362,7 +377,7 @@ class _Importer:
         """Distinct axes, sorted, each in range."""
         out = sorted({cls._axis(a, rank, what) for a in axes})
         if len(out) != len(axes):
-            raise _Refuse(f"{what}s {axes} repeat an axis")
+            raise _Refuse(f"{what} list {axes} repeats an axis")
         return out
 
     # ---- glue ops ---------------------------------------------------------------
