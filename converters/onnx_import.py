@@ -198,6 +198,7 @@ class _Importer:
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
             raise _Refuse(f"custom domain {node.domain!r}")
+        self._check_arity(node)
         if op == "LSTM" and self.select and not self.layers and isinstance(ins[0], Unknown):
             # select="lstm": whatever feeds the first LSTM becomes the model input
             ins = [Data("frames", ("x0", "x1", "F"), stage=0, source=node.input[0])] + ins[1:]
@@ -223,14 +224,27 @@ class _Importer:
         out = handler(node, ins, self._attrs(node))
         return out if isinstance(out, list) else [out]
 
+    def _schema(self, node):
+        try:
+            return onnx.defs.get_schema(node.op_type, self.opset, "")
+        except onnx.defs.SchemaError:
+            raise _Refuse(f"{node.op_type} is not an op of ONNX opset {self.opset}") from None
+
+    def _check_arity(self, node):
+        """As many inputs and outputs as the op's schema allows: every op handler, and the
+        shortcuts before them, index inputs and outputs by position."""
+        sc = self._schema(node)
+        if not (sc.min_input <= len(node.input) <= sc.max_input and
+                sc.min_output <= len(node.output) <= sc.max_output):
+            raise ModelError(f"{node.op_type} node {node.name!r}: {len(node.input)} input(s) and "
+                             f"{len(node.output)} output(s); ONNX {node.op_type} (opset {self.opset}) takes "
+                             f"{sc.min_input} to {sc.max_input} and gives {sc.min_output} to {sc.max_output}")
+
     def _attrs(self, node):
         """The attributes of a node the importer interprets, by name, each one of those the
         op's ONNX schema defines and of the type it gives (a file may put any type under
         any name, and every value is checked where it is used)."""
-        try:
-            schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
-        except onnx.defs.SchemaError:
-            raise ModelError(f"{node.op_type} node {node.name!r}: not an op of ONNX opset {self.opset}") from None
+        schema = self._schema(node)
         unknown = sorted({a.name for a in node.attribute} - set(schema.attributes))
         if unknown:
             raise ModelError(f"{node.op_type} node {node.name!r}: unsupported attribute(s) {unknown[:10]}")
@@ -324,10 +338,12 @@ class _Importer:
             layer = self._cell_layer(d.cells[0])
             return {"P": layer.proj_size if d.which == "h" else layer.hidden_size}[label]
         if label == "F":
-            if d.stage in (None, 0) and self.embedding is None:  # the model input, before any LSTM
+            if d.stage is None or (d.stage == 0 and self.embedding is None):  # a graph input, as declared
                 dims = self.input_dims.get(d.source) or []
                 if dims and dims[-1]:
                     return dims[-1]
+                if d.stage is None:
+                    raise _Refuse(f"the last dim of graph input {d.source!r} is not a fixed size")
             return self._stage_width(d.stage)
         if label == "O":
             return self.head_w.shape[0]  # head_w is (O, K)
@@ -879,7 +895,7 @@ class _Importer:
                 self.io.y = o.name
                 self.io.y_axes = axes
                 self._y_layout = 1 if order[:1] == ["B"] else 0
-            elif isinstance(v, Data) and v.kind == "state" and _is_run(v.cells) and \
+            elif isinstance(v, Data) and v.kind == "state" and v.which and _is_run(v.cells) and \
                     self._axes(v) in (("S", "B", "P"), ("B", "S", "P")):
                 getattr(self.io, v.which + "n").append((o.name, v.cells[0], len(v.cells)))
                 self.io.state_axes = self._axes(v)

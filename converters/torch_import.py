@@ -95,10 +95,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return arr
 
     def _rebuild_tensor(self, storage, offset, size, stride, *_):
+        if not (isinstance(storage, np.ndarray) and _is_count(offset) and isinstance(size, (tuple, list))
+                and isinstance(stride, (tuple, list)) and len(size) == len(stride) <= 64
+                and all(_is_count(n) for n in (*size, *stride))):
+            raise ModelError(f"damaged tensor record in checkpoint (offset {brief.repr(offset)}, size "
+                             f"{brief.repr(size)}, stride {brief.repr(stride)}: expected counts)")
         size, stride = tuple(size), tuple(stride)
-        if not isinstance(storage, np.ndarray) or offset < 0 or any(s < 0 for s in size + stride) \
-                or len(size) != len(stride):
-            raise ModelError("damaged tensor record in checkpoint")
         if size and min(size) > 0:
             last = offset + sum((n - 1) * s for n, s in zip(size, stride))
             if last >= storage.size:
@@ -108,6 +110,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._budget.spend(_numel(size), f"a checkpoint tensor of shape {brief.repr(size)}")
         item = storage.itemsize
         return np.lib.stride_tricks.as_strided(storage[offset:], size, tuple(s * item for s in stride)).copy()
+
+
+def _is_count(v) -> bool:
+    """A non-negative int from a pickle (not a bool, a float or a string)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _rebuild_parameter(data, *_):

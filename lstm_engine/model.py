@@ -371,26 +371,35 @@ class Model:
                 return None
             return tensors[key]
 
-        try:
-            layers = []
-            for li, lm in enumerate(meta["layers"]):
-                dirs = []
-                for di, dm in enumerate(lm["directions"]):
-                    p = f"layers.{li}.{di}."
-                    dirs.append(Direction(
-                        W=get(p + "W"), R=get(p + "R"), b=get(p + "b"),
-                        peepholes=get(p + "peepholes", False), proj=get(p + "proj", False),
-                        activations=_activations(dm["activations"], f"layers[{li}].directions[{di}]")))
-                layers.append(Layer(dirs, lm["direction"], lm["clip"], lm["input_forget"]))
-            emb = Embedding(get("embedding.weight")) if meta["embedding"] else None
-            head = None
-            if meta["head"] is not None:
-                head = Head(get("head.weight"), get("head.bias", False), meta["head"]["activation"])
-            return cls(layers, emb, head, meta["layout"])
-        except ModelError:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"damaged metadata ({type(e).__name__}: {str(e)[:200]})") from None
+        layers = []
+        for li, lm in enumerate(_member(meta, "layers", list, "metadata")):
+            where = f"layers[{li}]"
+            dirs = []
+            for di, dm in enumerate(_member(lm, "directions", list, where)):
+                p, dw = f"layers.{li}.{di}.", f"{where}.directions[{di}]"
+                dirs.append(Direction(
+                    W=get(p + "W"), R=get(p + "R"), b=get(p + "b"),
+                    peepholes=get(p + "peepholes", False), proj=get(p + "proj", False),
+                    activations=_activations(_member(dm, "activations", list, dw), dw)))
+            # values of any type: Model validation names what is wrong with them
+            layers.append(Layer(dirs, *(_member(lm, k, object, where) for k in ("direction", "clip", "input_forget"))))
+        emb = Embedding(get("embedding.weight")) if _member(meta, "embedding", bool, "metadata") else None
+        hm = _member(meta, "head", (dict, type(None)), "metadata")
+        head = None if hm is None else Head(get("head.weight"), get("head.bias", False),
+                                            _member(hm, "activation", object, "head"))
+        return cls(layers, emb, head, _member(meta, "layout", object, "metadata"))
+
+
+def _member(obj, key, kinds, where):
+    """obj[key] from a native file's metadata, of one of `kinds`: a file may hold any JSON
+    anywhere, and a ModelError names the field instead of a KeyError or TypeError."""
+    if not isinstance(obj, dict):
+        raise ModelError(f"damaged metadata: {where} is a {type(obj).__name__}, not an object")
+    if key not in obj:
+        raise ModelError(f"damaged metadata: {where} has no {key!r}")
+    if not isinstance(obj[key], kinds):
+        raise ModelError(f"damaged metadata: {where}.{key} is a {type(obj[key]).__name__}")
+    return obj[key]
 
 
 def _activations(spec, where) -> tuple:

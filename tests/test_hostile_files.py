@@ -259,6 +259,9 @@ GLUE = {  # Y0 of the LSTM is (T, 1, 1, 2): axes T, D, B, P
                                     "attribute 'perm' is of type FLOAT; ONNX defines it as INTS"),
     "attribute-unknown": ([_node("Identity", ["Y0"], ["Y"], axis=1)], [], r"unsupported attribute\(s\) \['axis'\]"),
     "lstm-layout-7": (None, [], "layout=7"),
+    "matmul-three-inputs": ([_node("MatMul", ["Y0", "W", "R"], ["Y"])], [],
+                            r"MatMul node '': 3 input\(s\) and 1 output\(s\); ONNX MatMul \(opset 17\) takes 2 to 2"),
+    "squeeze-no-input": ([_node("Squeeze", [], ["Y"])], [], "0 input"),
 }
 
 
@@ -271,6 +274,30 @@ def test_glue_attribute_values_are_checked(case):
     else:
         proto = _graph(nodes, inits)
     with pytest.raises(le.ModelError, match=match):
+        from_onnx(proto)
+
+
+def test_shape_of_an_input_without_a_fixed_width():
+    """Shape of the model input before any LSTM, whose last dim the graph leaves open."""
+    nodes = [helper.make_node("Shape", ["X"], ["s"]), helper.make_node("Gather", ["s", "one"], ["b"]),
+             helper.make_node("Concat", ["one", "b", "two"], ["hshape"], axis=0),
+             helper.make_node("ConstantOfShape", ["hshape"], ["h0"]),
+             helper.make_node("LSTM", ["X", "W", "R", "", "", "h0"], ["Y"], hidden_size=2)]
+    inits = [numpy_helper.from_array(np.zeros((1, 8, 3), np.float32), "W"),
+             numpy_helper.from_array(np.zeros((1, 8, 2), np.float32), "R"), _const("one", [1]), _const("two", [2])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, "I"])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    with pytest.raises(le.ModelError, match="the last dim of graph input 'X' is not a fixed size"):
+        from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_graph_output_cut_from_a_state_input():
+    """A graph output that is a slice of the initial state input, not an LSTM's final state."""
+    proto = _graph([_node("Identity", ["Y0"], ["Y"]), helper.make_node("Slice", ["h0", "s0", "s1", "a"], ["hs"])],
+                   [_const("s0", [0]), _const("s1", [1]), _const("a", [0])])
+    proto.graph.input.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, 2]))
+    proto.graph.output.append(helper.make_tensor_value_info("hs", TensorProto.FLOAT, None))
+    with pytest.raises(le.ModelError, match="'hs' .*not the model output or the full final state"):
         from_onnx(proto)
 
 
@@ -459,6 +486,19 @@ def test_tied_weights_count_once(tmp_path, small_budget):
     sd["emb.weight"] = sd["head.weight"] = torch.zeros(small_budget // 2 + 10, 3)
     torch.save(sd, tmp_path / "tied.pt")
     from_torch(tmp_path / "tied.pt")
+
+
+@pytest.mark.parametrize("field, value", [("size", ("16",)), ("stride", None), ("offset", 1.5), ("size", (True,)),
+                                          ("size", (1,) * 65)])
+def test_checkpoint_records_of_the_wrong_type(tmp_path, field, value):
+    """Offsets, sizes and strides are counts; anything else is named, not a TypeError."""
+    import fuzzing
+
+    records, storages = fuzzing.lstm_records(np.random.default_rng(0))
+    records["bias_ih_l0"][field] = value
+    (tmp_path / "m.pt").write_bytes(fuzzing.checkpoint_bytes(records, storages))
+    with pytest.raises(le.ModelError, match="damaged tensor record in checkpoint .*expected counts"):
+        read_without_torch(tmp_path / "m.pt")
 
 
 class _Evil:

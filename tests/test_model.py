@@ -187,8 +187,14 @@ def _set_alpha(value):
     (_set_alpha("0.5"), "expected a number, got str"),
     (_set_alpha(True), "expected a number, got bool"),
     (lambda meta: meta.__setitem__("layout", True), "layout must be 0"),
+    (lambda meta: meta["layers"].__setitem__(0, 5), r"damaged metadata: layers\[0\] is a int, not an object"),
+    (lambda meta: meta["layers"][0].pop("clip"), r"damaged metadata: layers\[0\] has no 'clip'"),
+    (lambda meta: meta.__setitem__("head", []), "damaged metadata: metadata.head is a list"),
+    (lambda meta: meta["layers"][0]["directions"][0].__setitem__("activations", "x"),
+     r"layers\[0\].directions\[0\].activations is a str"),
 ], ids=["clip-10^400", "clip-inf", "clip-str", "input_forget-str", "direction-list", "alpha-10^400",
-        "alpha-1e39", "alpha-nan", "alpha-str", "alpha-bool", "layout-bool"])
+        "alpha-1e39", "alpha-nan", "alpha-str", "alpha-bool", "layout-bool", "layer-int", "clip-missing",
+        "head-list", "activations-str"])
 def test_native_metadata_numbers_are_checked(rng, tmp_path, change, match):
     """Every number in the metadata is a finite float32 (or the bool/choice it stands for):
     never an OverflowError, and never a NaN that would poison every state."""
