@@ -404,6 +404,10 @@ def _member(obj, key, kinds, where):
 
 def _activations(spec, where) -> tuple:
     """(f, g, h) from a native file's [[name, alpha, beta], ...]."""
+    for k, item in enumerate(spec):
+        if not (isinstance(item, list) and len(item) == 3):
+            raise ModelError(f"damaged metadata: {where}.activations[{k}] is {brief.repr(item)}, "
+                             "not [name, alpha, beta]")
     try:
         return tuple(acts.make(n, a, b) for n, a, b in spec)
     except KeyError as e:

@@ -192,9 +192,11 @@ def _set_alpha(value):
     (lambda meta: meta.__setitem__("head", []), "damaged metadata: metadata.head is a list"),
     (lambda meta: meta["layers"][0]["directions"][0].__setitem__("activations", "x"),
      r"layers\[0\].directions\[0\].activations is a str"),
+    (lambda meta: meta["layers"][0]["directions"][0]["activations"][1].pop(),
+     r"activations\[1\] is \['Tanh', 0.0\], not \[name, alpha, beta\]"),
 ], ids=["clip-10^400", "clip-inf", "clip-str", "input_forget-str", "direction-list", "alpha-10^400",
         "alpha-1e39", "alpha-nan", "alpha-str", "alpha-bool", "layout-bool", "layer-int", "clip-missing",
-        "head-list", "activations-str"])
+        "head-list", "activations-str", "activation-pair"])
 def test_native_metadata_numbers_are_checked(rng, tmp_path, change, match):
     """Every number in the metadata is a finite float32 (or the bool/choice it stands for):
     never an OverflowError, and never a NaN that would poison every state."""
