@@ -9,7 +9,9 @@ the worker holds when it starts) and a time limit (--timeout): a load that raise
 anything but ModelError, allocates past the limit (MemoryError, or a native abort),
 crashes or hangs is a finding. Findings are grouped by format and first line, each with
 the seeds that show it and what their mutation changed; the exit status is 1 when there
-are any. Not collected by pytest (the name does not start with test_).
+are any. --messages N lists the commonest refusals, to spot messages that name a Python
+exception rather than what is wrong with the file. Not collected by pytest (the name does
+not start with test_).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import collections
 import multiprocessing as mp
 import os
 import pathlib
+import re
 import resource
 import sys
 import tempfile
@@ -63,7 +66,7 @@ def _worker(conn, memory_gb, torch_exports):
         fmt, seed = conn.recv()
         files, how = cases.make(fmt, seed)
         with tempfile.TemporaryDirectory(prefix="fuzz-") as folder:
-            conn.send((fuzzing.check(fmt, files, pathlib.Path(folder)), how))
+            conn.send((*fuzzing.outcome(fmt, files, pathlib.Path(folder)), how))
 
 
 class _Runner:
@@ -82,7 +85,8 @@ class _Runner:
             raise RuntimeError("fuzz worker did not start")
 
     def run(self, fmt, seed):
-        """(finding or None, mutation description)."""
+        """(kind, detail, mutation description): kind as fuzzing.outcome's, or "escaped"
+        for a crash or a hang."""
         if self.proc is None:
             self.start()
         self.conn.send((fmt, seed))
@@ -93,9 +97,9 @@ class _Runner:
                 self.proc.join()
                 code = self.proc.exitcode
                 self.stop()
-                return f"crash (exit code {code})", []
+                return "escaped", f"crash (exit code {code})", []
         self.stop()
-        return f"hang (more than {self.args.timeout} s)", []
+        return "escaped", f"hang (more than {self.args.timeout} s)", []
 
     def stop(self):
         if self.proc is not None:
@@ -110,26 +114,36 @@ def campaign(args) -> int:
     formats = args.formats.split(",") if args.formats else list(fuzzing.FORMATS)
     runner = _Runner(args)
     found = collections.defaultdict(list)
-    counts = collections.Counter()
+    counts, kinds, messages = collections.Counter(), collections.Counter(), collections.Counter()
     t0 = time.time()
     try:
         for i in range(args.cases):
             fmt, seed = formats[i % len(formats)], args.seed + i // len(formats)
-            outcome, how = runner.run(fmt, seed)
+            kind, detail, how = runner.run(fmt, seed)
             counts[fmt] += 1
-            if outcome is not None:
-                found[(fmt, outcome.splitlines()[0][:160])].append((seed, how))
-                if outcome.startswith(("crash", "hang")):
-                    runner.stop()
+            kinds[kind] += 1
+            if kind == "escaped":
+                found[(fmt, detail.splitlines()[0][:160])].append((seed, how))
+            elif kind == "refused":
+                messages[(fmt, _shape_of(detail))] += 1
             if args.progress and (i + 1) % args.progress == 0:
                 print(f"{i + 1} cases, {len(found)} distinct findings, {time.time() - t0:.0f} s", flush=True)
     finally:
         runner.stop()
-    print(f"{sum(counts.values())} cases ({dict(counts)}) in {time.time() - t0:.0f} s; "
+    print(f"{sum(counts.values())} cases ({dict(counts)}) in {time.time() - t0:.0f} s: {dict(kinds)}; "
           f"{len(found)} distinct findings")
+    if args.messages:
+        print(f"\nthe {args.messages} most common refusals (names and numbers elided):")
+        for (fmt, shape), n in messages.most_common(args.messages):
+            print(f"{n:7d} [{fmt}] {shape}")
     for (fmt, what), hits in sorted(found.items()):
         print(f"\n[{fmt}] {what}\n  {len(hits)} case(s), e.g. --replay {fmt}:{hits[0][0]}: {hits[0][1]}")
     return 1 if found else 0
+
+
+def _shape_of(message: str) -> str:
+    """A refusal's message without the names and numbers that vary from case to case."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'.'", message))[:150]
 
 
 def replay(spec, torch_exports) -> int:
@@ -162,6 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--memory-gb", type=float, default=2.0, help="address space a case may add")
     p.add_argument("--torch-exports", action="store_true", help="also mutate torch.onnx.export graphs")
     p.add_argument("--progress", type=int, default=0, help="print a line every this many cases")
+    p.add_argument("--messages", type=int, default=0, help="list this many of the most common refusals, "
+                                                           "to spot unhelpful messages")
     p.add_argument("--replay", help="format:seed -- run one case here and show what happens")
     args = p.parse_args(argv)
     return replay(args.replay, args.torch_exports) if args.replay else campaign(args)

@@ -524,15 +524,21 @@ def load(fmt, path):
     return le.load(path)
 
 
-def check(fmt, files: dict, folder) -> str | None:
-    """Write the files of a case into folder, load its model (and build an Engine from
-    it): None when that gives a Model or a ModelError, else what escaped."""
+def outcome(fmt, files: dict, folder) -> tuple:
+    """Write the files of a case into folder, load its model and build an Engine from it:
+    ("loaded", ""), ("refused", the ModelError's message) or ("escaped", what escaped)."""
     for name, data in files.items():
         (folder / name).write_bytes(data)
     try:
         le.Engine(load(fmt, folder / next(iter(files))))
-    except le.ModelError:
-        return None
+    except le.ModelError as e:
+        return "refused", str(e).replace(str(folder), "")
     except Exception as e:  # the finding
-        return f"{type(e).__name__}: {str(e)[:300]}"
-    return None
+        return "escaped", f"{type(e).__name__}: {str(e)[:300]}"
+    return "loaded", ""
+
+
+def check(fmt, files: dict, folder) -> str | None:
+    """None when the case loads or is a ModelError, else what escaped."""
+    kind, detail = outcome(fmt, files, folder)
+    return detail if kind == "escaped" else None
