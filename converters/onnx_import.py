@@ -121,6 +121,7 @@ class _Importer:
         self.input_dims = {}  # graph input -> static dims (None where symbolic)
         self.budget = Budget()  # what folding constants may create (DESIGN §7)
         self._max_cells = 2 * sum(n.op_type == "LSTM" for n in self.g.node)  # of any state run
+        self._weights_used = set()  # ids of constants that became LSTM weights
         constants = dict(constants or {})
         for t in self.g.initializer:
             self.vals[t.name] = self._held(tensor(t))
@@ -688,14 +689,14 @@ class _Importer:
             raise ModelError(f"{where}: layout={layout}; ONNX defines 0 and 1")
         direction = _text(at.get("direction", b"forward"))
         D = 2 if direction == "bidirectional" else 1
-        Wv, Rv = np.asarray(W.value), np.asarray(R.value)
+        Wv, Rv = self._weights(W, f"{where} W"), self._weights(R, f"{where} R")
         if Wv.ndim != 3 or Rv.ndim != 3 or Wv.shape[0] != D or Rv.shape[0] != D:
             raise ModelError(f"{where}: W {Wv.shape} / R {Rv.shape} do not fit direction {direction!r}")
         H = Wv.shape[1] // 4
         if "hidden_size" in at and at["hidden_size"] != H:
             raise ModelError(f"{where}: hidden_size={at['hidden_size']} but W has {Wv.shape[1]} rows")
-        Bv = np.zeros((D, 8 * H), np.float32) if B is None else np.asarray(B.value)
-        Pv = None if P is None else np.asarray(P.value)
+        Bv = np.zeros((D, 8 * H), np.float32) if B is None else self._weights(B, f"{where} B")
+        Pv = None if P is None else self._weights(P, f"{where} P")
         names = [_text(n) for n in at.get("activations", ["Sigmoid", "Tanh", "Tanh"] * D)]
         if len(names) != 3 * D:
             raise ModelError(f"{where}: {len(names)} activations for {D} direction(s); expected {3 * D}")
@@ -730,6 +731,16 @@ class _Importer:
         yh = Data("state", st_axes, which="h", cells=cells)
         yc = Data("state", st_axes, which="c", cells=cells)
         return [self._norm(y), yh, yc]
+
+    def _weights(self, v: Const, what) -> np.ndarray:
+        """A constant that becomes an LSTM's weights. The file holds each constant once, so
+        it may become weights once for free; every further use (another layer, W as R)
+        makes weights the file does not hold, and counts against the budget: a small file
+        whose hundred LSTMs share one W would otherwise be a model a hundred times its size."""
+        if id(v.value) in self._weights_used:
+            self.budget.spend(v.value.size, what)
+        self._weights_used.add(id(v.value))
+        return np.asarray(v.value)
 
     def _bind_frames(self, x, layout, where, stage, layer):
         if isinstance(x, Data) and x.kind == "raw3":

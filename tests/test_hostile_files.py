@@ -540,3 +540,20 @@ def test_only_ops_of_bounded_work_are_folded():
                            [numpy_helper.from_array(x, "x"), numpy_helper.from_array(w, "w")])
     with pytest.raises(le.ModelError, match="Conv of constants is not folded"):
         from_onnx(proto)
+
+
+def test_lstm_layers_sharing_weights_count_against_the_budget(small_budget):
+    """Ten stacked LSTMs that all take one initializer as W and R: a 256 KB file that would
+    be a model of 20 times its weights. The first use is what the file holds; every other
+    use counts."""
+    H, layers = 128, 10
+    nodes, prev = [], "X"
+    for k in range(layers):
+        nodes += [helper.make_node("LSTM", [prev, "W", "W"], [f"Y{k}"], hidden_size=H),
+                  helper.make_node("Squeeze", [f"Y{k}", "ax"], [f"y{k}"])]
+        prev = f"y{k}"
+    inits = [numpy_helper.from_array(np.full((1, 4 * H, H), 0.01, np.float32), "W"), _const("ax", [1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, H])],
+                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
+    with pytest.raises(le.ModelError, match="LSTM node '' [WR]: the import would create .* refused before allocating"):
+        from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
