@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from lstm_engine.errors import ModelError
+from lstm_engine.files import brief, open_regular
 
 _A = onnx.AttributeProto
 
@@ -27,22 +28,20 @@ def load_proto(src) -> onnx.ModelProto:
     if isinstance(src, onnx.ModelProto):
         proto, base = src, None  # a caller's object: only ever read, as base None refuses external data
     else:
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            data, base = bytes(src), None
+        else:
+            path = os.fspath(src)
+            with open_regular(path) as f:
+                data, base = f.read(), os.path.dirname(os.path.abspath(path))
         try:
-            if isinstance(src, (bytes, bytearray, memoryview)):
-                proto, base = onnx.load_model_from_string(bytes(src)), None
-            else:
-                path = os.fspath(src)
-                if not os.path.isfile(path):
-                    raise ModelError(f"{path}: no such file")
-                with open(path, "rb") as f:
-                    proto, base = onnx.load_model_from_string(f.read()), os.path.dirname(os.path.abspath(path))
-        except ModelError:
-            raise
+            proto = onnx.load_model_from_string(data)
         except Exception as e:  # protobuf raises DecodeError and friends
             raise ModelError(f"not a readable ONNX model ({type(e).__name__}: {e})") from None
+    external = _External(base)
     for t in _tensors(proto.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            t.CopyFrom(_inline(t, base))
+            t.CopyFrom(external.inline(t))
     return proto
 
 
@@ -69,33 +68,70 @@ def _tensors(g: onnx.GraphProto):
                     yield from _tensors(sub)
 
 
-def _inline(t: onnx.TensorProto, base: str | None) -> onnx.TensorProto:
-    """An external-data tensor with its data read in, only from inside the model's folder."""
-    info = {e.key: e.value for e in t.external_data}
-    loc = info.get("location", "")
-    if base is None:
-        raise ModelError(f"tensor {t.name!r}: stored in external file {loc!r}, but the model was "
-                         "not loaded from a path; load it with from_onnx(path)")
-    if not loc or os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/"):
-        raise ModelError(f"tensor {t.name!r}: external data location {loc!r} leaves the model's folder")
-    root = os.path.realpath(base)
-    full = os.path.realpath(os.path.join(root, loc))
-    if os.path.commonpath([root, full]) != root:
-        raise ModelError(f"tensor {t.name!r}: external data {loc!r} resolves outside the model's "
-                         "folder (symlink)")
-    try:
-        offset, length = int(info.get("offset", 0)), info.get("length")
-        with open(full, "rb") as f:
-            f.seek(offset)
-            raw = f.read() if length is None else f.read(int(length))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"tensor {t.name!r}: cannot read external data {loc!r} ({e})") from None
-    t2 = onnx.TensorProto()
-    t2.CopyFrom(t)
-    del t2.external_data[:]
-    t2.data_location = onnx.TensorProto.DEFAULT
-    t2.raw_data = raw
-    return t2
+class _External:
+    """Reads external data for the tensors of one model, only from regular files inside its
+    folder, and each file's bytes at most once in total: regions are checked against the
+    file's real size before anything is read, so neither a huge `length` nor many tensors
+    naming the same bytes can make the loader allocate more than the folder holds."""
+
+    def __init__(self, base: str | None):
+        self.base = base
+        self.unread: dict = {}  # real path -> bytes of it that tensors may still claim
+
+    def inline(self, t: onnx.TensorProto) -> onnx.TensorProto:
+        """t with its external data read in."""
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        full = self._resolve(t, loc)
+        try:
+            f = open_regular(full)
+        except ModelError as e:
+            raise ModelError(f"tensor {t.name!r}: cannot read external data {loc!r} ({e})") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            offset = _count(t, "offset", info.get("offset", "0"))
+            length = _count(t, "length", info.get("length", str(max(size - offset, 0))))
+            if offset + length > size:
+                raise ModelError(f"tensor {t.name!r}: external data {loc!r} claims bytes {offset}..{offset + length} "
+                                 f"of a {size}-byte file")
+            left = self.unread.setdefault(full, size)
+            if length > left:
+                raise ModelError(f"tensor {t.name!r}: the tensors stored in {loc!r} claim more bytes than it "
+                                 "holds (several tensors reading the same bytes)")
+            self.unread[full] = left - length
+            try:
+                f.seek(offset)
+                raw = f.read(length)
+            except OSError as e:
+                raise ModelError(f"tensor {t.name!r}: cannot read external data {loc!r} ({e})") from None
+        t2 = onnx.TensorProto()
+        t2.CopyFrom(t)
+        del t2.external_data[:]
+        t2.data_location = onnx.TensorProto.DEFAULT
+        t2.raw_data = raw
+        return t2
+
+    def _resolve(self, t, loc: str) -> str:
+        """The real path of loc, which must stay inside the model's folder."""
+        if self.base is None:
+            raise ModelError(f"tensor {t.name!r}: stored in external file {loc!r}, but the model was "
+                             "not loaded from a path; load it with from_onnx(path)")
+        if not loc or "\0" in loc or os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/"):
+            raise ModelError(f"tensor {t.name!r}: external data location {loc!r} leaves the model's folder "
+                             "or is not a file name")
+        root = os.path.realpath(self.base)
+        full = os.path.realpath(os.path.join(root, loc))
+        if os.path.commonpath([root, full]) != root:
+            raise ModelError(f"tensor {t.name!r}: external data {loc!r} resolves outside the model's "
+                             "folder (symlink)")
+        return full
+
+
+def _count(t, key, text: str) -> int:
+    """An external-data offset or length: at most 20 decimal digits (int() would take ' 1_0')."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        raise ModelError(f"tensor {t.name!r}: external data {key} {brief.repr(text)} is not a byte count")
+    return int(text)
 
 
 def tensor(t: onnx.TensorProto) -> np.ndarray:

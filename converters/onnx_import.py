@@ -26,22 +26,32 @@ from lstm_engine import activations as acts
 from lstm_engine.errors import ModelError
 from lstm_engine.model import Direction, Embedding, Head, Layer, Model
 
+from .budget import Budget
 from .onnx_files import load_proto, tensor
 from .onnx_graphio import GraphIO
 from .onnx_values import AnyShape, Const, Data, ShapeVec, Unknown, ZeroState
 
 _BIG_T, _BIG_B = 100003, 100019  # stand-ins for symbolic T and B in reshape arithmetic
 _ALL = 1 << 20  # cell count of a state input whose size the graph does not fix
+_MAX_RANK = 64  # numpy's: no shape, perm or axes list is longer
 _GLUE = {"Identity", "Dropout", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Reshape", "Slice",
          "Gather", "Split", "Concat", "Expand", "Tile"}
+_A = onnx.AttributeProto
+_CONSTANT_ATTRS = frozenset({"value", "value_float", "value_floats", "value_int", "value_ints"})
 _HEAD_ACTS = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Relu"}
-_LSTM_ATTRS = {"activation_alpha", "activation_beta", "activations", "clip", "direction",
-               "hidden_size", "input_forget", "layout"}
-# Folding constants may create this many elements beyond what it was given, over one import
-# (256 MB of float32): a few bytes of ConstantOfShape, Expand, Tile, Range or an outer
-# product must not make the importer allocate what the file never held (DESIGN §7).
-_FOLD_GROWTH = 1 << 26
 _SHAPE_ONLY = 1 << 12  # fold inputs this large reach shape inference as shapes, not values
+# Ops the importer folds when all their inputs are constant: their work grows with their
+# inputs and output, which the budget bounds (MatMul/Gemm with both: at most held x 2^13
+# multiply-adds). ONNX's reference evaluator runs others, such as Conv, in Python loops
+# whose time a small file could make quadratic, for no weight an LSTM needs.
+_FOLDABLE = frozenset({
+    "Identity", "Cast", "CastLike", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat",
+    "Split", "Slice", "Gather", "GatherElements", "Expand", "Tile", "Pad",
+    "Shape", "Size", "ConstantOfShape", "Range",
+    "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Sqrt", "Reciprocal", "Pow", "Exp", "Log", "Max", "Min",
+    "Clip", "Sign", "Floor", "Ceil", "Round", "Relu", "Sigmoid", "Tanh",
+    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Where",
+    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "MatMul", "Gemm", "DequantizeLinear"})
 
 
 class _Refuse(Exception):
@@ -53,17 +63,42 @@ class _Downstream(_Refuse):
 
 
 def _output_elements(m: onnx.ModelProto) -> int:
-    """Elements m's graph outputs will hold, by ONNX shape inference before anything is
-    computed; outputs whose shape it cannot tell count 0."""
+    """Elements the graph outputs of m (one node, constant inputs) will hold, by ONNX shape
+    inference before anything is computed. Without data propagation, which would itself
+    spend about a hundred bytes per element of the values it follows; the inputs are
+    initializers or typed inputs, so shapes alone tell the sizes."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(m, data_prop=True).graph
-    except Exception:  # inference refuses what the evaluator may still fold
-        return 0
-    outs = {o.name for o in m.graph.output}
-    known = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-             for v in [*inferred.output, *inferred.value_info]
-             if v.name in outs and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
-    return sum(int(np.prod(dims, dtype=object)) for dims in known.values())
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True).graph
+    except Exception as e:  # onnx raises its own InferenceError and friends
+        raise _Refuse(f"cannot tell how large folding it would be ({str(e)[:200]})") from None
+    total = 0
+    for v in inferred.output:
+        tt = v.type.tensor_type
+        if tt.elem_type == onnx.TensorProto.STRING:
+            raise _Refuse("folds strings, which no weight is made of")
+        if not tt.HasField("shape") or not all(d.HasField("dim_value") for d in tt.shape.dim):
+            raise _Refuse("cannot tell how large folding it would be (its output size depends on values)")
+        total += int(np.prod([d.dim_value for d in tt.shape.dim], dtype=object))
+    return total
+
+
+def _prod(dims) -> int:
+    """Product of Python ints, exact (numpy's int64 would wrap around)."""
+    return int(np.prod(dims, dtype=object))
+
+
+def _text(v) -> str:
+    """A string attribute (bytes in the protobuf) as text; bytes that are not UTF-8 still
+    give a name to refuse."""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+
+def _is_run(cells) -> bool:
+    """cells are consecutive and not empty; a range is checked without listing its members."""
+    if not len(cells):
+        return False
+    run = range(cells[0], cells[0] + len(cells))
+    return cells == run if isinstance(cells, range) else tuple(cells) == tuple(run)
 
 
 # ---- the interpreter ----------------------------------------------------------------
@@ -84,18 +119,25 @@ class _Importer:
         self._run_start = {}  # state input -> its first cell used
         self._y_layout = 0
         self.input_dims = {}  # graph input -> static dims (None where symbolic)
-        self._grown = 0  # elements constant folding created beyond its inputs (_FOLD_GROWTH)
+        self.budget = Budget()  # what folding constants may create (DESIGN §7)
+        self._max_cells = 2 * sum(n.op_type == "LSTM" for n in self.g.node)  # of any state run
+        self._weights_used = set()  # ids of constants that became LSTM weights
         constants = dict(constants or {})
         for t in self.g.initializer:
-            self.vals[t.name] = Const(tensor(t))
+            self.vals[t.name] = self._held(tensor(t))
         for vi in self.g.input:
             if vi.name in constants:
-                self.vals[vi.name] = Const(np.asarray(constants.pop(vi.name)))
+                self.vals[vi.name] = self._held(np.asarray(constants.pop(vi.name)))
             elif vi.name not in self.vals:
                 self.vals[vi.name] = self._graph_input(vi)
         if constants:
             raise ModelError(f"constants: {sorted(constants)} are not graph inputs "
                              f"(inputs: {[i.name for i in self.g.input]})")
+
+    def _held(self, value: np.ndarray) -> Const:
+        """A constant the file (or the caller) gives: it adds to what folding may create."""
+        self.budget.hold(value.size)
+        return Const(value)
 
     # graph inputs: labels are provisional until an LSTM says which axis is time
     def _graph_input(self, vi):
@@ -157,6 +199,7 @@ class _Importer:
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
             raise _Refuse(f"custom domain {node.domain!r}")
+        self._check_arity(node)
         if op == "LSTM" and self.select and not self.layers and isinstance(ins[0], Unknown):
             # select="lstm": whatever feeds the first LSTM becomes the model input
             ins = [Data("frames", ("x0", "x1", "F"), stage=0, source=node.input[0])] + ins[1:]
@@ -171,8 +214,7 @@ class _Importer:
         if any(isinstance(v, Unknown) for v in present):
             raise _Downstream("input comes from an unsupported op")
         if op == "Constant":
-            return [Const(tensor(node.attribute[0].t) if node.attribute[0].type == onnx.AttributeProto.TENSOR
-                          else np.array(onnx.helper.get_attribute_value(node.attribute[0])))]
+            return [self._held(self._constant(node))]
         if op.startswith("Random") or op in ("Bernoulli", "Multinomial"):
             raise _Refuse(f"{op} is not deterministic")
         if all(isinstance(v, Const) for v in present) and op != "LSTM":
@@ -183,39 +225,87 @@ class _Importer:
         out = handler(node, ins, self._attrs(node))
         return out if isinstance(out, list) else [out]
 
-    @staticmethod
-    def _attrs(node):
+    def _schema(self, node):
+        try:
+            return onnx.defs.get_schema(node.op_type, self.opset, "")
+        except onnx.defs.SchemaError:
+            raise _Refuse(f"{node.op_type} is not an op of ONNX opset {self.opset}") from None
+
+    def _check_arity(self, node):
+        """As many inputs and outputs as the op's schema allows: every op handler, and the
+        shortcuts before them, index inputs and outputs by position."""
+        sc = self._schema(node)
+        if not (sc.min_input <= len(node.input) <= sc.max_input and
+                sc.min_output <= len(node.output) <= sc.max_output):
+            raise ModelError(f"{node.op_type} node {node.name!r}: {len(node.input)} input(s) and "
+                             f"{len(node.output)} output(s); ONNX {node.op_type} (opset {self.opset}) takes "
+                             f"{sc.min_input} to {sc.max_input} and gives {sc.min_output} to {sc.max_output}")
+
+    def _attrs(self, node):
+        """The attributes of a node the importer interprets, by name, each one of those the
+        op's ONNX schema defines and of the type it gives (a file may put any type under
+        any name, and every value is checked where it is used)."""
+        schema = self._schema(node)
+        unknown = sorted({a.name for a in node.attribute} - set(schema.attributes))
+        if unknown:
+            raise ModelError(f"{node.op_type} node {node.name!r}: unsupported attribute(s) {unknown[:10]}")
+        for a in node.attribute:
+            if a.type != schema.attributes[a.name].type:
+                raise ModelError(f"{node.op_type} node {node.name!r}: attribute {a.name!r} is of type "
+                                 f"{_A.AttributeType.Name(a.type)}; ONNX defines it as "
+                                 f"{schema.attributes[a.name].type.name}")
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
+    def _constant(self, node) -> np.ndarray:
+        """The value of a Constant node: one tensor or number(s); strings and sparse tensors
+        are no weights."""
+        at = self._attrs(node)
+        if len(at) != 1 or not at.keys() <= _CONSTANT_ATTRS:
+            raise _Refuse(f"Constant with attributes {sorted(at)}; supported: one of {sorted(_CONSTANT_ATTRS)}")
+        (name, value), = at.items()
+        return tensor(value) if name == "value" else np.array(value, np.float32 if "float" in name else np.int64)
+
     def _fold(self, node, ins):
+        """Outputs of a node whose inputs are all constant, computed by ONNX's reference
+        evaluator once their size is known to fit the import's budget."""
         from onnx.reference import ReferenceEvaluator
 
+        if node.op_type not in _FOLDABLE:
+            raise _Refuse(f"{node.op_type} of constants is not folded (only data movement, shape "
+                          "arithmetic, elementwise math, reductions and MatMul/Gemm are)")
+        m, feeds = self._fold_model(node, ins)
+        self.budget.spend(_output_elements(m), f"folding constant {node.op_type}" + (f" {node.name!r}" if node.name else ""))
+        try:
+            res = ReferenceEvaluator(m).run(None, feeds)
+        except Exception as e:
+            raise _Refuse(f"cannot fold constant {node.op_type}: {e}") from None
+        return [Const(np.asarray(r)) for r in res]
+
+    def _fold_model(self, node, ins):
+        """A one-node model computing `node` from the constants `ins`, and the feeds it needs.
+        Each distinct input appears once however often the node names it, and small inputs
+        become its constants, so that shape inference sees the sizes that shape vectors,
+        repeats or ranges ask for; large ones stay inputs."""
         h = onnx.helper
-        names = [f"i{k}" if v is not None else "" for k, v in enumerate(ins)]
-        n2 = h.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
+        local = {}  # graph name -> fold name
+        for name, v in zip(node.input, ins):
+            if v is not None:
+                if v.value.dtype.kind in "OUS":
+                    raise _Refuse("folds strings, which no weight is made of")
+                local.setdefault(name, (f"i{len(local)}", v.value))
+        n2 = h.make_node(node.op_type, [local[n][0] if v is not None else "" for n, v in zip(node.input, ins)],
+                         [f"o{k}" for k in range(len(node.output))], domain=node.domain)
         n2.attribute.extend(node.attribute)
-        feeds = {f"i{k}": v.value for k, v in enumerate(ins) if v is not None}
-        # small inputs become constants of the fold's model, so that shape inference sees
-        # the sizes that shape vectors, repeats or ranges ask for; large ones stay inputs
-        big = {k: v for k, v in feeds.items() if v.size > _SHAPE_ONLY}
+        big = {k: v for k, v in local.values() if v.size > _SHAPE_ONLY}
         try:
             g = h.make_graph([n2], "fold",
                              [h.make_tensor_value_info(k, h.np_dtype_to_tensor_dtype(v.dtype), v.shape)
                               for k, v in big.items()],
                              [h.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in n2.output],
-                             [numpy_helper.from_array(v, k) for k, v in feeds.items() if k not in big])
-            m = h.make_model(g, opset_imports=[h.make_opsetid("", self.opset)])
+                             [numpy_helper.from_array(v, k) for k, v in local.values() if k not in big])
+            return h.make_model(g, opset_imports=[h.make_opsetid("", self.opset)]), big
         except Exception as e:
             raise _Refuse(f"cannot fold constant {node.op_type}: {e}") from None
-        self._grown += max(_output_elements(m) - sum(v.size for v in feeds.values()), 0)
-        if self._grown > _FOLD_GROWTH:
-            raise _Refuse(f"constant folding would create {self._grown} elements beyond what the file "
-                          f"holds (at most {_FOLD_GROWTH})")
-        try:
-            res = ReferenceEvaluator(m).run(None, big)
-        except Exception as e:
-            raise _Refuse(f"cannot fold constant {node.op_type}: {e}") from None
-        return [Const(np.asarray(r)) for r in res]
 
     # ---- label helpers --------------------------------------------------------
     def _lab(self, a):
@@ -249,10 +339,12 @@ class _Importer:
             layer = self._cell_layer(d.cells[0])
             return {"P": layer.proj_size if d.which == "h" else layer.hidden_size}[label]
         if label == "F":
-            if d.stage in (None, 0) and self.embedding is None:  # the model input, before any LSTM
+            if d.stage is None or (d.stage == 0 and self.embedding is None):  # a graph input, as declared
                 dims = self.input_dims.get(d.source) or []
                 if dims and dims[-1]:
                     return dims[-1]
+                if d.stage is None:
+                    raise _Refuse(f"the last dim of graph input {d.source!r} is not a fixed size")
             return self._stage_width(d.stage)
         if label == "O":
             return self.head_w.shape[0]  # head_w is (O, K)
@@ -282,9 +374,28 @@ class _Importer:
 
     @staticmethod
     def _int_list(v, what):
+        """A constant list of shape dims, axes or slice bounds: integers, at most _MAX_RANK."""
         if not isinstance(v, Const):
             raise _Refuse(f"{what} must be constant")
-        return [int(x) for x in np.asarray(v.value).reshape(-1)]
+        arr = np.asarray(v.value)
+        if arr.dtype.kind not in "iu" or arr.size > _MAX_RANK:
+            raise _Refuse(f"{what} must be at most {_MAX_RANK} integers, got {arr.size} of {arr.dtype}")
+        return [int(x) for x in arr.reshape(-1)]
+
+    @staticmethod
+    def _axis(a, rank, what) -> int:
+        """An axis (attribute or constant) as an index into `rank` axes; ONNX allows -rank..rank-1."""
+        if not -rank <= a < rank:
+            raise _Refuse(f"{what} {a} is out of range for {rank} axes")
+        return a % rank
+
+    @classmethod
+    def _axes_set(cls, axes, rank, what) -> list:
+        """Distinct axes, sorted, each in range."""
+        out = sorted({cls._axis(a, rank, what) for a in axes})
+        if len(out) != len(axes):
+            raise _Refuse(f"{what} list {axes} repeats an axis")
+        return out
 
     # ---- glue ops ---------------------------------------------------------------
     def _op_Identity(self, node, ins, at):
@@ -309,6 +420,8 @@ class _Importer:
         if not isinstance(v, Data):
             raise _Refuse("Transpose of a non-tensor value")
         perm = at.get("perm", list(range(len(v.axes)))[::-1])
+        if sorted(perm) != list(range(len(v.axes))):
+            raise _Refuse(f"Transpose perm {perm[:_MAX_RANK]} is not a permutation of {len(v.axes)} axes")
         return self._norm(replace(v, axes=tuple(v.axes[p] for p in perm)))
 
     def _squeezable(self, v, a):
@@ -322,7 +435,7 @@ class _Importer:
         axes = at.get("axes") if self.opset < 13 else (self._int_list(ins[1], "Squeeze axes") if len(ins) > 1 and ins[1] is not None else None)
         if axes is None:
             axes = [k for k, a in enumerate(v.axes) if self._squeezable(v, a)]
-        axes = sorted(a % len(v.axes) for a in axes)
+        axes = self._axes_set(axes, len(v.axes), "Squeeze axis")
         for a in axes:
             if not self._squeezable(v, v.axes[a]):
                 raise _Refuse(f"Squeeze of axis {self._lab(v.axes[a])}, which is not of size 1")
@@ -331,13 +444,14 @@ class _Importer:
     def _op_Unsqueeze(self, node, ins, at):
         v = ins[0]
         axes = at.get("axes") if self.opset < 13 else self._int_list(ins[1], "Unsqueeze axes")
+        if axes is None:
+            raise _Refuse("Unsqueeze without axes")
         if isinstance(v, ShapeVec) and len(v.dims) == 1 and axes in ([0], [-1]):
             return v  # scalar -> 1-vector: ShapeVec does not track rank 0
         if not isinstance(v, Data):
             raise _Refuse("Unsqueeze of a non-tensor value")
         out = list(v.axes)
-        n = len(out) + len(axes)
-        for a in sorted(x % n for x in axes):
+        for a in self._axes_set(axes, len(out) + len(axes), "Unsqueeze axis"):
             out.insert(a, "1")
         return replace(v, axes=tuple(out))
 
@@ -356,15 +470,12 @@ class _Importer:
         sizes = [self._size(v, a) for a in v.axes]
         if any(isinstance(t, str) for t in target):
             raise _Refuse("Reshape to a shape computed from unknown dims")
-        target = [sizes[k] if t == 0 and not at.get("allowzero", 0) else t for k, t in enumerate(target)]
-        if target.count(-1) == 1:
-            known = int(np.prod([t for t in target if t != -1]))
-            target[target.index(-1)] = int(np.prod(sizes)) // known
+        target = self._reshape_target(target, sizes, at.get("allowzero", 0))
         labels = [self._lab(a) for a in v.axes]
         dynamic = any(l in ("T", "B", "x0", "x1") and self._placeholder(l) > 100000 for l in labels)
         hint = (f" (target {target} fixes a size the graph input leaves dynamic: the graph only runs "
                 "at the size it was exported with; export with static shapes)") if dynamic else ""
-        if int(np.prod(target)) != int(np.prod(sizes)):
+        if _prod(target) != _prod(sizes):
             raise _Refuse("Reshape whose sizes do not match" + hint)
         # group consecutive input axes into each output dim (row-major order is kept)
         out, i = [], 0
@@ -392,6 +503,23 @@ class _Importer:
         kind = "frames" if v.kind == "lstm_y" and "F" in out else v.kind
         return self._norm(replace(v, kind=kind, axes=tuple(out)))
 
+    @staticmethod
+    def _reshape_target(target, sizes, allowzero) -> list:
+        """Reshape's shape with 0 (copy a dim, unless allowzero) and -1 (infer) resolved, as
+        ONNX defines them; _Refuse for shapes ONNX calls invalid."""
+        if any(t < -1 for t in target) or target.count(-1) > 1 or (allowzero and 0 in target and -1 in target):
+            raise _Refuse(f"Reshape to {target}: not a valid shape")
+        if not allowzero:
+            if any(t == 0 and k >= len(sizes) for k, t in enumerate(target)):
+                raise _Refuse(f"Reshape to {target}: a 0 copies a dim the input does not have")
+            target = [sizes[k] if t == 0 else t for k, t in enumerate(target)]
+        if -1 in target:
+            known = _prod([t for t in target if t != -1])
+            if known == 0 or _prod(sizes) % known:
+                raise _Refuse(f"Reshape to {target}: no size for -1 fits {_prod(sizes)} elements")
+            target[target.index(-1)] = _prod(sizes) // known
+        return target
+
     def _op_Shape(self, node, ins, at):
         v = ins[0]
         if not isinstance(v, Data):
@@ -402,14 +530,22 @@ class _Importer:
         return ShapeVec(tuple(dims[s:e]))
 
     def _shape_gather(self, v, idx):
-        d = np.asarray(v.dims, dtype=object)[np.asarray(idx)]
-        return ShapeVec(tuple(np.atleast_1d(d).tolist()))
+        dims = self._pick(v.dims, self._int_list(idx, "Gather index"), "Gather index")
+        return ShapeVec(tuple(dims))
+
+    @staticmethod
+    def _pick(seq, idx, what) -> tuple:
+        """seq[i] for each i of idx (negative from the end, as ONNX Gather); _Refuse out of range."""
+        n = len(seq)
+        if any(not -n <= i < n for i in idx):
+            raise _Refuse(f"{what} out of range for {n} entries")
+        return tuple(seq[i] for i in idx)
 
     def _op_Gather(self, node, ins, at):
         data, idx = ins[0], ins[1]
         axis = at.get("axis", 0)
         if isinstance(data, ShapeVec):
-            return self._shape_gather(data, self._int_list(idx, "Gather index"))
+            return self._shape_gather(data, idx)
         if isinstance(data, Const) and isinstance(idx, Data) and idx.kind == "ids" and axis == 0:
             if self.embedding is not None or self.layers:
                 raise _Refuse("a second embedding lookup")
@@ -419,35 +555,45 @@ class _Importer:
         if isinstance(data, Data) and data.kind in ("state", "raw3") and isinstance(idx, Const):
             d = self._as_state(data, axis)
             k = np.asarray(idx.value)
-            cells = tuple(np.asarray(d.cells)[k.reshape(-1)].tolist())
-            axes = d.axes if k.ndim else tuple(a for j, a in enumerate(d.axes) if j != axis % len(d.axes))
+            if k.dtype.kind not in "iu" or k.ndim > 1:
+                raise _Refuse(f"Gather of state cells by indices of shape {k.shape} and type {k.dtype}")
+            cells = self._pick(d.cells, [int(i) for i in k.reshape(-1)], "Gather index")
+            axis = self._axis(axis, len(d.axes), "Gather axis")
+            axes = d.axes if k.ndim else tuple(a for j, a in enumerate(d.axes) if j != axis)
             return replace(d, cells=cells, axes=axes)
         raise _Refuse("Gather on run-time data other than an embedding or a state cell")
 
     def _as_state(self, v: Data, cell_axis):
-        """A raw 3-D graph input used as (S, B, P) state: it is h0 or c0."""
+        """A raw 3-D graph input used as (S, B, P) state: it is h0 or c0. Its cells are a
+        range, not a tuple: a declared size of 10^12 costs nothing."""
+        cell_axis = self._axis(cell_axis, len(v.axes), "state cell axis")
         if v.kind == "state":
-            if self._lab(v.axes[cell_axis % len(v.axes)]) != "S":
+            if self._lab(v.axes[cell_axis]) != "S":
                 raise _Refuse("indexing a state along an axis other than its cells")
             return v
         if v.axes != ("x0", "x1", "F"):
             raise _Refuse("a state input that was transposed before use")
-        if cell_axis % 3 == 2:
+        if cell_axis == 2:
             raise _Refuse("state cells on the last axis")
-        axes = ("S", "B", "P") if cell_axis % 3 == 0 else ("B", "S", "P")
-        n = (self.input_dims.get(v.source) or [None] * 3)[cell_axis % 3]
-        return Data("state", axes, cells=tuple(range(n or _ALL)), source=v.source)
+        axes = ("S", "B", "P") if cell_axis == 0 else ("B", "S", "P")
+        n = (self.input_dims.get(v.source) or [None] * 3)[cell_axis]
+        return Data("state", axes, cells=range(n or _ALL), source=v.source)
 
     def _op_Slice(self, node, ins, at):
         v = ins[0]
         if self.opset < 10:
-            starts, ends, axes, steps = at["starts"], at["ends"], at.get("axes"), None
+            starts, ends, axes, steps = at.get("starts"), at.get("ends"), at.get("axes"), None
+            if starts is None or ends is None:
+                raise _Refuse("Slice without starts or ends")
         else:
             starts, ends = self._int_list(ins[1], "Slice starts"), self._int_list(ins[2], "Slice ends")
             axes = self._int_list(ins[3], "Slice axes") if len(ins) > 3 and ins[3] is not None else None
             steps = self._int_list(ins[4], "Slice steps") if len(ins) > 4 and ins[4] is not None else None
         axes = axes or list(range(len(starts)))
         steps = steps or [1] * len(starts)
+        if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
+            raise _Refuse(f"Slice with {len(starts)} starts, {len(ends)} ends, {len(axes)} axes and steps "
+                          f"{steps}: not one each per axis, or a step of 0")
         if isinstance(v, ShapeVec):
             if axes != [0]:
                 raise _Refuse("Slice of a shape along a second axis")
@@ -469,6 +615,8 @@ class _Importer:
             if len(d.cells) == _ALL:
                 raise _Refuse("equal Split of a state of unknown size")
             split = [len(d.cells) // n] * n
+        if len(split) != n or min(split) < 0:
+            raise _Refuse(f"Split sizes {split[:_MAX_RANK]} for {n} outputs")
         outs, k = [], 0
         for s in split:
             outs.append(replace(d, cells=d.cells[k:k + s]))
@@ -476,7 +624,9 @@ class _Importer:
         return outs
 
     def _op_Concat(self, node, ins, at):
-        axis = at["axis"]
+        axis = at.get("axis")
+        if axis is None:
+            raise _Refuse("Concat without axis")
         if all(isinstance(v, (ShapeVec, Const)) for v in ins):
             dims = []
             for v in ins:
@@ -485,9 +635,11 @@ class _Importer:
         if all(isinstance(v, Data) and v.kind == "state" for v in ins):
             first = ins[0]
             if any(self._axes(v) != self._axes(first) or v.which != first.which for v in ins) or \
-                    self._lab(first.axes[axis % len(first.axes)]) != "S":
+                    self._lab(first.axes[self._axis(axis, len(first.axes), "Concat axis")]) != "S":
                 raise _Refuse("Concat of states that are not runs of cells")
-            return replace(first, cells=sum((v.cells for v in ins), ()), source="")
+            if sum(len(v.cells) for v in ins) > self._max_cells:
+                raise _Refuse(f"Concat of more state cells than the graph's {self._max_cells} LSTM cells")
+            return replace(first, cells=tuple(c for v in ins for c in v.cells), source="")
         raise _Refuse("Concat of run-time data other than states")
 
     def _arith(self, node, ins, fn):
@@ -524,9 +676,6 @@ class _Importer:
 
     # ---- model-building ops -------------------------------------------------------
     def _op_LSTM(self, node, ins, at):
-        unknown = set(at) - _LSTM_ATTRS
-        if unknown:
-            raise ModelError(f"LSTM node {node.name!r}: unsupported attribute(s) {sorted(unknown)}")
         ins = ins + [None] * (8 - len(ins))
         x, W, R, B, lens, h0, c0, P = ins[:8]
         where = f"LSTM node {node.name!r}"
@@ -535,19 +684,20 @@ class _Importer:
                 src = node.input[k]
                 raise ModelError(f"{where}: input {nm} comes from run-time graph input {src!r}; bind it "
                                  f"with from_onnx(src, constants={{{src!r}: array}})")
-        layout = int(at.get("layout", 0))
-        direction = at.get("direction", b"forward")
-        direction = direction.decode() if isinstance(direction, bytes) else direction
+        layout = at.get("layout", 0)
+        if layout not in (0, 1):
+            raise ModelError(f"{where}: layout={layout}; ONNX defines 0 and 1")
+        direction = _text(at.get("direction", b"forward"))
         D = 2 if direction == "bidirectional" else 1
-        Wv, Rv = np.asarray(W.value), np.asarray(R.value)
+        Wv, Rv = self._weights(W, f"{where} W"), self._weights(R, f"{where} R")
         if Wv.ndim != 3 or Rv.ndim != 3 or Wv.shape[0] != D or Rv.shape[0] != D:
             raise ModelError(f"{where}: W {Wv.shape} / R {Rv.shape} do not fit direction {direction!r}")
         H = Wv.shape[1] // 4
         if "hidden_size" in at and at["hidden_size"] != H:
             raise ModelError(f"{where}: hidden_size={at['hidden_size']} but W has {Wv.shape[1]} rows")
-        Bv = np.zeros((D, 8 * H), np.float32) if B is None else np.asarray(B.value)
-        Pv = None if P is None else np.asarray(P.value)
-        names = [n.decode() if isinstance(n, bytes) else n for n in at.get("activations", ["Sigmoid", "Tanh", "Tanh"] * D)]
+        Bv = np.zeros((D, 8 * H), np.float32) if B is None else self._weights(B, f"{where} B")
+        Pv = None if P is None else self._weights(P, f"{where} P")
+        names = [_text(n) for n in at.get("activations", ["Sigmoid", "Tanh", "Tanh"] * D)]
         if len(names) != 3 * D:
             raise ModelError(f"{where}: {len(names)} activations for {D} direction(s); expected {3 * D}")
         try:
@@ -555,11 +705,13 @@ class _Importer:
         except KeyError as e:
             raise ModelError(f"{where}: unsupported activation {e.args[0]!r}; supported: "
                              f"{', '.join(acts.NAMES)}") from None
+        except ValueError as e:  # a NaN, infinite or float32-overflowing alpha/beta
+            raise ModelError(f"{where}: activation_alpha/activation_beta: {e}") from None
         try:
             dirs = [Direction(Wv[d], Rv[d], Bv[d, :4 * H] + Bv[d, 4 * H:],
                               None if Pv is None else Pv[d], None, tuple(act_list[3 * d:3 * d + 3]))
                     for d in range(D)]
-            layer = Layer(dirs, direction, at.get("clip"), bool(at.get("input_forget", 0)))
+            layer = Layer(dirs, direction, at.get("clip"), at.get("input_forget", 0))
             Model([layer])  # validates shapes and options, naming what is wrong
         except ModelError as e:
             raise ModelError(f"{where}: {e}") from None
@@ -579,6 +731,16 @@ class _Importer:
         yh = Data("state", st_axes, which="h", cells=cells)
         yc = Data("state", st_axes, which="c", cells=cells)
         return [self._norm(y), yh, yc]
+
+    def _weights(self, v: Const, what) -> np.ndarray:
+        """A constant that becomes an LSTM's weights. The file holds each constant once, so
+        it may become weights once for free; every further use (another layer, W as R)
+        makes weights the file does not hold, and counts against the budget: a small file
+        whose hundred LSTMs share one W would otherwise be a model a hundred times its size."""
+        if id(v.value) in self._weights_used:
+            self.budget.spend(v.value.size, what)
+        self._weights_used.add(id(v.value))
+        return np.asarray(v.value)
 
     def _bind_frames(self, x, layout, where, stage, layer):
         if isinstance(x, Data) and x.kind == "raw3":
@@ -625,14 +787,14 @@ class _Importer:
             mode = False
         elif isinstance(v, Data) and v.kind in ("state", "raw3"):
             d = self._as_state(v, 0 if layout == 0 else 1)
-            local = d.cells if len(d.cells) != _ALL else tuple(range(len(cells)))  # whole input
+            local = d.cells if len(d.cells) != _ALL else range(len(cells))  # whole input
             want = ("S", "B", "P") if layout == 0 else ("B", "S", "P")
             self.io.state_axes = want
             axes = tuple("S" if self._lab(a) == "1" and len(local) == 1 else self._lab(a) for a in d.axes)
-            offset = cells[0] - local[0]
-            if axes != want or tuple(c + offset for c in local) != cells or not d.source:
+            if axes != want or len(local) != len(cells) or not _is_run(local) or not d.source:
                 raise ModelError(f"{where}: initial_{which} is not a run of {len(cells)} cells of a graph "
                                  "input (the engine's state order is layer-major, forward before reverse)")
+            offset = cells[0] - local[0]
             runs = getattr(self.io, which + "0")
             known = {name: first - lo for name, first, lo in ((r[0], r[1], self._run_start[r[0]]) for r in runs)}
             if known.get(d.source, offset) != offset:
@@ -707,7 +869,7 @@ class _Importer:
             raise _Refuse(f"{name} other than after the dense head")
         if name in ("Softmax", "LogSoftmax"):
             axis = at.get("axis", -1 if self.opset >= 13 else 1)
-            if axis % len(v.axes) != len(v.axes) - 1:
+            if self._axis(axis, len(v.axes), f"{name} axis") != len(v.axes) - 1:
                 raise _Refuse(f"{name} over an axis other than the last")
         self.head_act = name
         return replace(v, head=v.head + ("act",))
@@ -744,8 +906,7 @@ class _Importer:
                 self.io.y = o.name
                 self.io.y_axes = axes
                 self._y_layout = 1 if order[:1] == ["B"] else 0
-            elif isinstance(v, Data) and v.kind == "state" and \
-                    tuple(v.cells) == tuple(range(v.cells[0], v.cells[0] + len(v.cells))) and \
+            elif isinstance(v, Data) and v.kind == "state" and v.which and _is_run(v.cells) and \
                     self._axes(v) in (("S", "B", "P"), ("B", "S", "P")):
                 getattr(self.io, v.which + "n").append((o.name, v.cells[0], len(v.cells)))
                 self.io.state_axes = self._axes(v)

@@ -12,7 +12,6 @@ bias_ih_l{k}, bias_hh_l{k} (4H,), weight_hr_l{k} (P, H) with proj_size; nn.LSTMC
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import re
@@ -23,62 +22,15 @@ import zlib
 import numpy as np
 
 from lstm_engine.errors import ModelError
+from lstm_engine.files import bf16_to_f32, brief, open_regular, read_safetensors
 from lstm_engine.model import HEAD_ACTIVATIONS, TORCH_TO_ONNX, Direction, Embedding, Head, Layer, Model, permute_gates
+
+from .budget import Budget
 
 _LSTM_KEY = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(_l(\d+)(_reverse)?)?$")
 
 
 # ---- reading files ------------------------------------------------------------------
-_SAFE_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": "bf16",
-                "I64": np.int64, "I32": np.int32}
-
-
-def _bf16(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) -> float32: they are the upper half of the float32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
-
-def _count(v) -> int:
-    """A size or offset from a JSON header: a non-negative integer (not a bool, not a float)."""
-    if type(v) is not int or v < 0:
-        raise ValueError(f"{v!r} is not a count")
-    return v
-
-
-def read_safetensors(path) -> dict:
-    """A .safetensors file as {name: float32 array}; checks every offset against the file."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        (n,) = struct.unpack_from("<Q", data)
-        if n > len(data) - 8:
-            raise ValueError("header longer than the file")
-        header = json.loads(data[8:8 + n])
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-    except (struct.error, ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ModelError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
-    body = memoryview(data)[8 + n:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dt = _SAFE_DTYPES[info["dtype"]]
-            start, end = (_count(v) for v in info["data_offsets"])
-            shape = tuple(_count(v) for v in info["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelError(f"{path}: tensor {name!r}: unsupported dtype or damaged entry {info!r:.200}") from None
-        if not 0 <= start <= end <= len(body):
-            raise ModelError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
-        itemsize = 2 if dt == "bf16" else np.dtype(dt).itemsize
-        if (end - start) != itemsize * int(np.prod(shape)):
-            raise ModelError(f"{path}: tensor {name!r}: {end - start} bytes do not hold shape {shape}")
-        raw = np.frombuffer(body[start:end], np.uint16 if dt == "bf16" else dt)
-        out[name] = (_bf16(raw) if dt == "bf16" else raw).reshape(shape)
-    return out
-
-
 class _Storage:
     def __init__(self, dtype):
         self.dtype = dtype
@@ -88,42 +40,21 @@ _STORAGES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStora
              "BFloat16Storage": "bf16"}
 
 
-_EXPANDED = 1 << 26  # bytes a tensor may hold beyond its storage (a view that repeats it)
-
-
-def _check_expansion(nbytes, storage_bytes, what):
-    """Refuse a tensor that repeats its storage into far more bytes than the file holds
-    (stride 0): a few bytes must not unpack into gigabytes."""
-    if nbytes > storage_bytes + _EXPANDED:
-        raise ModelError(f"{what} holds {nbytes} bytes from a storage of {storage_bytes} (an expanded "
-                         "view); refused, weights never need one")
-
-
-def _rebuild_tensor(storage, offset, size, stride, *_):
-    size, stride = tuple(size), tuple(stride)
-    if not isinstance(storage, np.ndarray) or offset < 0 or any(s < 0 for s in size + stride):
-        raise ModelError("damaged tensor record in checkpoint")
-    _check_expansion(int(np.prod(size, dtype=object)) * storage.itemsize, storage.nbytes, "a checkpoint tensor")
-    if size and min(size) > 0:
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= storage.size:
-            raise ModelError("tensor reaches past its storage (truncated or damaged checkpoint)")
-    elif offset > storage.size:
-        raise ModelError("damaged tensor record in checkpoint")
-    item = storage.itemsize
-    return np.lib.stride_tricks.as_strided(storage[offset:], size, tuple(s * item for s in stride)).copy()
-
-
-def _rebuild_parameter(data, *_):
-    return data
+def _numel(size) -> int:
+    return int(np.prod(size, dtype=object))
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles only what a checkpoint of tensors needs; anything else is refused."""
+    """Unpickles only what a checkpoint of tensors needs; anything else is refused.
 
-    def __init__(self, f, zf, prefix):
+    Each storage is read once, however many tensors view it, and each tensor rebuilt
+    from it is counted against the import's budget before it is made.
+    """
+
+    def __init__(self, f, zf, prefix, budget):
         super().__init__(f)
-        self._zf, self._prefix = zf, prefix
+        self._zf, self._prefix, self._budget = zf, prefix, budget
+        self._storages = {}  # key -> (dtype, array)
 
     def find_class(self, module, name):
         if module == "collections" and name == "OrderedDict":
@@ -131,7 +62,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
             return collections.OrderedDict
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
+            return self._rebuild_tensor
         if module == "torch._utils" and name == "_rebuild_parameter":
             return _rebuild_parameter
         if module == "torch" and name in _STORAGES:
@@ -140,99 +71,150 @@ class _RestrictedUnpickler(pickle.Unpickler):
                          "refused without running it")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _Storage)):
-            raise ModelError(f"checkpoint has an unexpected storage record {pid!r:.80}")
-        stype, key = pid[1], str(pid[2])
-        if not re.fullmatch(r"\w+", key):
-            raise ModelError(f"checkpoint storage key {key!r} is not a plain name")
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _Storage)
+                and isinstance(pid[2], str) and re.fullmatch(r"\w+", pid[2])):
+            raise ModelError(f"checkpoint has an unexpected storage record {brief.repr(pid)}")
+        dtype, key = pid[1].dtype, pid[2]
+        if key not in self._storages:
+            self._storages[key] = dtype, self._read_storage(key, dtype)
+        if self._storages[key][0] != dtype:
+            raise ModelError(f"checkpoint storage {key!r} is used with two dtypes")
+        return self._storages[key][1]
+
+    def _read_storage(self, key, dtype) -> np.ndarray:
         try:
             raw = self._zf.read(f"{self._prefix}data/{key}")
         except KeyError:
             raise ModelError(f"checkpoint storage {key!r} is missing (truncated file?)") from None
-        if stype.dtype == "bf16":
-            return _bf16(np.frombuffer(raw[:len(raw) // 2 * 2], np.uint16))
-        item = np.dtype(stype.dtype).itemsize
-        return np.frombuffer(raw[:len(raw) // item * item], stype.dtype)
+        if dtype == "bf16":
+            arr = bf16_to_f32(np.frombuffer(raw[:len(raw) // 2 * 2], np.uint16))
+        else:
+            item = np.dtype(dtype).itemsize
+            arr = np.frombuffer(raw[:len(raw) // item * item], dtype)
+        self._budget.hold(arr.size, key=key)
+        return arr
+
+    def _rebuild_tensor(self, storage, offset, size, stride, *_):
+        if not (isinstance(storage, np.ndarray) and _is_count(offset) and isinstance(size, (tuple, list))
+                and isinstance(stride, (tuple, list)) and len(size) == len(stride) <= 64
+                and all(_is_count(n) for n in (*size, *stride))):
+            raise ModelError(f"damaged tensor record in checkpoint (offset {brief.repr(offset)}, size "
+                             f"{brief.repr(size)}, stride {brief.repr(stride)}: expected counts)")
+        size, stride = tuple(size), tuple(stride)
+        if size and min(size) > 0:
+            last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+            if last >= storage.size:
+                raise ModelError("tensor reaches past its storage (truncated or damaged checkpoint)")
+        elif offset > storage.size:
+            raise ModelError("damaged tensor record in checkpoint")
+        self._budget.spend(_numel(size), f"a checkpoint tensor of shape {brief.repr(size)}")
+        item = storage.itemsize
+        return np.lib.stride_tricks.as_strided(storage[offset:], size, tuple(s * item for s in stride)).copy()
 
 
-def _read_zip_checkpoint(path) -> object:
+def _is_count(v) -> bool:
+    """A non-negative int from a pickle (not a bool, a float or a string)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _rebuild_parameter(data, *_):
+    return data
+
+
+def _read_zip_checkpoint(f, where, budget) -> object:
+    """The object pickled in a zip checkpoint (an open file), without torch."""
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipfile.ZipFile(f)
         pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkl) != 1:
-            raise ModelError(f"{path}: a zip file, but not a PyTorch checkpoint (no data.pkl)")
+            raise ModelError(f"{where}: a zip file, but not a PyTorch checkpoint (no data.pkl)")
         prefix = pkl[0][:-len("data.pkl")]
-        return _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), zf, prefix).load()
+        return _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), zf, prefix, budget).load()
     except ModelError:
         raise
+    # MemoryError: pickle opcodes that claim a terabyte-long string fail to allocate it
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
             AttributeError, IndexError, struct.error, OSError, NotImplementedError, RuntimeError,
-            zlib.error) as e:
-        raise ModelError(f"{path}: damaged PyTorch checkpoint ({type(e).__name__}: {e})") from None
+            zlib.error, MemoryError, RecursionError) as e:
+        raise ModelError(f"{where}: damaged PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 _ZIP_EXPANSION = 8  # a checkpoint's members may claim this many times the file's bytes (+ 1 MB)
 
 
-def _check_zip_sizes(path):
+def _check_zip_sizes(f, where):
     """Refuse an archive whose members claim far more bytes than the file holds (a zip
     bomb), before anything is decompressed: torch.save stores members uncompressed, so a
     real checkpoint claims about its own size."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(f) as zf:
             claimed = sum(i.file_size for i in zf.infolist())
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise ModelError(f"{path}: damaged PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    size = os.path.getsize(path)
+        raise ModelError(f"{where}: damaged PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    size = os.fstat(f.fileno()).st_size
     if claimed > _ZIP_EXPANSION * size + (1 << 20):
-        raise ModelError(f"{path}: its members claim {claimed} bytes from a {size}-byte file; refused "
+        raise ModelError(f"{where}: its members claim {claimed} bytes from a {size}-byte file; refused "
                          "(torch.save stores them uncompressed)")
 
 
-def _read_checkpoint(path):
+def _read_checkpoint(f, where, budget):
+    """The object in a .pt/.pth file (open): torch.load(weights_only=True), or without
+    torch the restricted reader, whose tensors are counted against `budget` as made."""
     try:
         import torch
     except ImportError:
         torch = None
-    is_zip = zipfile.is_zipfile(path)
+    is_zip = zipfile.is_zipfile(f)
+    f.seek(0)
     if is_zip:
-        _check_zip_sizes(path)
+        _check_zip_sizes(f, where)
+        f.seek(0)
     if torch is None:
         if not is_zip:
-            raise ModelError(f"{path}: legacy (non-zip) PyTorch format; reading it needs torch installed "
+            raise ModelError(f"{where}: legacy (non-zip) PyTorch format; reading it needs torch installed "
                              "(or re-save it with a current torch.save)")
-        return _read_zip_checkpoint(path)
+        return _read_zip_checkpoint(f, where, budget)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refusals, truncation, wrong files
-        raise ModelError(f"{path}: not loadable as plain tensors ({type(e).__name__}: {str(e)[:300]})") from None
+        raise ModelError(f"{where}: not loadable as plain tensors ({type(e).__name__}: {str(e)[:300]})") from None
 
 
-def _tensors(obj, where) -> dict:
-    """{name: float32 array} from a state dict (torch tensors or numpy), or a checkpoint
-    dict that holds one under 'state_dict' / 'model' / similar."""
+def _tensors(obj, where, budget) -> dict:
+    """{name: array} from a state dict (torch tensors or numpy), or a checkpoint dict that
+    holds one under 'state_dict' / 'model' / similar."""
     if not isinstance(obj, dict):
         raise ModelError(f"{where}: expected a state dict, got {type(obj).__name__}")
     if not any(_is_array(v) for v in obj.values()):
         nested = [k for k, v in obj.items() if isinstance(v, dict) and any(_is_array(x) for x in v.values())]
         if len(nested) == 1:
-            return _tensors(obj[nested[0]], where)
+            return _tensors(obj[nested[0]], where, budget)
         raise ModelError(f"{where}: no tensors found" + (f"; candidate sub-dicts: {nested}" if nested else ""))
-    return {str(k): _as_array(v, f"{where}: tensor {k!r}") for k, v in obj.items() if _is_array(v)}
+    made, out = {}, {}  # made: id -> array, so that a tensor under two keys (tied weights) is made once
+    for k, v in obj.items():
+        if _is_array(v):
+            if id(v) not in made:
+                made[id(v)] = _as_array(v, f"{where}: tensor {k!r}", budget)
+            out[str(k)] = made[id(v)]
+    return out
 
 
 def _is_array(v):
     return isinstance(v, np.ndarray) or type(v).__module__.startswith("torch") and hasattr(v, "detach")
 
 
-def _as_array(v, what):
-    """v as a numpy array (float32 if it is floating point). A torch tensor may be sparse,
-    quantized, on the meta device, or a view that repeats its storage: ModelError then."""
+def _as_array(v, what, budget):
+    """v as a dense numpy array (float32 if it is floating point), counted against the
+    budget first: a torch view may repeat its storage (stride 0) into far more elements
+    than the file holds. A sparse, quantized or meta-device tensor gives ModelError."""
     if isinstance(v, np.ndarray):
         return v
     try:
-        _check_expansion(v.numel() * v.element_size(), v.untyped_storage().nbytes(), what)
-        return v.detach().cpu().float().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
+        storage = v.untyped_storage()
+        budget.hold(storage.nbytes() // v.element_size(), key=("torch", storage.data_ptr()))
+        budget.spend(v.numel(), what)
+        t = v.detach().cpu()
+        return np.ascontiguousarray(t.float().numpy() if t.is_floating_point() else t.numpy())
     except ModelError:
         raise
     except Exception as e:
@@ -336,12 +318,15 @@ def from_torch(src, prefix=None, head=None, embedding=None, head_activation=None
     head_activation: None, "Softmax", "LogSoftmax", "Sigmoid", "Tanh" or "Relu".
     batch_first: as the nn.LSTM was built (it is not stored in the weights).
     """
+    budget = Budget()
     if isinstance(src, dict):
         where, obj = "state dict", src
     else:
         where = os.fspath(src)
-        if not os.path.isfile(where):
-            raise ModelError(f"{where}: no such file")
-        obj = read_safetensors(where) if where.lower().endswith(".safetensors") else _read_checkpoint(where)
-    return _state_dict_to_model(_tensors(obj, where), prefix, head, embedding, head_activation,
+        if where.lower().endswith(".safetensors"):
+            obj = read_safetensors(where)[0]
+        else:
+            with open_regular(where) as f:
+                obj = _read_checkpoint(f, where, budget)
+    return _state_dict_to_model(_tensors(obj, where, budget), prefix, head, embedding, head_activation,
                                 batch_first, where)

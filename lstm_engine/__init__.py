@@ -2,8 +2,9 @@
 from .activations import Activation
 from .engine import Engine, Stream
 from .errors import ModelError
+from .files import safetensors_metadata
 from .kernels.isa import ISA as _ISA
-from .model import Direction, Embedding, Head, Layer, Model
+from .model import FORMAT, Direction, Embedding, Head, Layer, Model
 
 __version__ = "0.1.0"
 
@@ -24,24 +25,10 @@ def load(path) -> Model:
         from converters import from_onnx
 
         return from_onnx(path)
-    if suffix in (".pt", ".pth"):
+    if suffix in (".pt", ".pth") or suffix == ".safetensors" and FORMAT not in safetensors_metadata(path):
         from converters import from_torch
 
         return from_torch(path)
-    if suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(os.fspath(path), framework="numpy") as f:
-                native = (f.metadata() or {}).get("lstm-engine") is not None
-        except FileNotFoundError:
-            raise ModelError(f"{path}: no such file") from None
-        except Exception as e:
-            raise ModelError(f"{path}: not a readable safetensors file ({e})") from None
-        if not native:
-            from converters import from_torch
-
-            return from_torch(path)
     return Model.load(path)
 
 

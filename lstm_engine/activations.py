@@ -6,9 +6,13 @@ and falls back to LeakyRelu 0.01, HardSigmoid 0.2/0.5, Elu 1.0, and 0 for all ot
 (The ONNX text suggests ThresholdedRelu alpha=1 and Affine alpha=1; onnxruntime uses 0,
 and a model must give the same numbers here as there.)
 """
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from .files import brief
 
 # name -> (code used by the kernels, takes alpha, takes beta, default alpha, default beta)
 _TABLE = {
@@ -55,23 +59,36 @@ def canonical_name(name: str) -> str | None:
     return _BY_LOWER.get(str(name).lower())
 
 
+def finite_f32(v) -> float:
+    """v as the float32 value the kernels use (as ONNX attributes hold it). ValueError unless
+    v is a real number that float32 holds finitely: a NaN or infinity in an activation
+    would poison every state it touches."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise ValueError(f"expected a number, got {type(v).__name__}")
+    try:
+        with np.errstate(over="ignore"):
+            y = float(np.float32(float(v)))
+    except OverflowError:  # an int beyond float range, e.g. 10**400 from JSON
+        y = math.inf
+    if not math.isfinite(y):
+        raise ValueError(f"must be a finite number within float32 range, got {brief.repr(v)}")
+    return y
+
+
 def make(name: str, alpha: float | None = None, beta: float | None = None) -> Activation:
     """An Activation with onnxruntime's defaults for parameters not given.
 
-    Raises KeyError for an unknown name (callers turn it into a ModelError).
+    Raises KeyError for an unknown name and ValueError for a parameter that is not a
+    finite float32 number (callers turn both into a ModelError).
     """
     canon = canonical_name(name)
     if canon is None:
         raise KeyError(name)
     _, ta, tb, da, db = _TABLE[canon]
-
-    def f32(v):  # float32, as ONNX attributes and the kernels hold them
-        return float(np.float32(v))
-
     return Activation(
         canon,
-        f32(da if alpha is None else alpha) if ta else 0.0,
-        f32(db if beta is None else beta) if tb else 0.0,
+        finite_f32(da if alpha is None else alpha) if ta else 0.0,
+        finite_f32(db if beta is None else beta) if tb else 0.0,
     )
 
 

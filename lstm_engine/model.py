@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -27,6 +27,7 @@ import numpy as np
 from . import activations as acts
 from .activations import Activation
 from .errors import ModelError
+from .files import brief, read_safetensors
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 HEAD_ACTIVATIONS = (None, "Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Relu")
@@ -61,6 +62,28 @@ def _f32(name, a, ndim):
 def _shape(name, arr, expected):
     if arr.shape != tuple(expected):
         raise ModelError(f"{name}: expected shape {tuple(expected)}, got {arr.shape}")
+
+
+def _finite(name, v) -> float:
+    """A scalar option the kernels take as float32: a finite number, or ModelError naming `name`."""
+    try:
+        return acts.finite_f32(v)
+    except ValueError as e:
+        raise ModelError(f"{name}: {e}") from None
+
+
+def _choice(name, v, options):
+    """v if it is one of `options` (compared only with objects of their types: an array's
+    == is elementwise), else ModelError naming `name`."""
+    if not any(isinstance(v, type(o)) and v == o for o in options):
+        raise ModelError(f"{name}: {brief.repr(v)} is not one of {options}")
+    return v
+
+
+def _flag(name, v) -> bool:
+    if not isinstance(v, (bool, np.bool_, numbers.Integral)) or v not in (0, 1):
+        raise ModelError(f"{name}: expected a bool, got {brief.repr(v)}")
+    return bool(v)
 
 
 @dataclass
@@ -145,8 +168,10 @@ class Model:
         if not isinstance(self.layers, (list, tuple)) or not self.layers:
             raise ModelError("Model needs at least one Layer")
         self.layers = list(self.layers)
-        if self.layout not in (0, 1):
-            raise ModelError(f"layout must be 0 (T, B, I) or 1 (B, T, I), got {self.layout!r}")
+        if isinstance(self.layout, (bool, np.bool_)) or not isinstance(self.layout, numbers.Integral) \
+                or self.layout not in (0, 1):
+            raise ModelError(f"layout must be 0 (T, B, I) or 1 (B, T, I), got {brief.repr(self.layout)}")
+        self.layout = int(self.layout)
         prev = None
         if self.embedding is not None:
             self.embedding.weight = _f32("embedding.weight", self.embedding.weight, 2)
@@ -169,25 +194,23 @@ class Model:
             if h.bias is not None:
                 h.bias = _f32("head.bias", h.bias, 1)
                 _shape("head.bias", h.bias, (h.weight.shape[0],))
-            if h.activation not in HEAD_ACTIVATIONS:
-                raise ModelError(f"head.activation: {h.activation!r} is not one of {HEAD_ACTIVATIONS}")
+            _choice("head.activation", h.activation, HEAD_ACTIVATIONS)
 
     def _validate_layer(self, li, layer):
         where = f"layers[{li}]"
         if not isinstance(layer, Layer):
             raise ModelError(f"{where}: expected a Layer, got {type(layer).__name__}")
-        if layer.direction not in DIRECTIONS:
-            raise ModelError(f"{where}.direction: {layer.direction!r} is not one of {DIRECTIONS}")
+        _choice(f"{where}.direction", layer.direction, DIRECTIONS)
         want = 2 if layer.direction == "bidirectional" else 1
         if not isinstance(layer.directions, (list, tuple)) or len(layer.directions) != want:
             raise ModelError(f"{where}: direction {layer.direction!r} needs {want} Direction(s)")
         layer.directions = list(layer.directions)
         if layer.clip is not None:
-            clip = float(layer.clip)
-            if not (clip > 0 and math.isfinite(clip)):
+            clip = _finite(f"{where}.clip", layer.clip)
+            if not clip > 0:
                 raise ModelError(f"{where}.clip: must be a positive finite number, got {layer.clip!r}")
             layer.clip = clip
-        layer.input_forget = bool(layer.input_forget)
+        layer.input_forget = _flag(f"{where}.input_forget", layer.input_forget)
         first = None
         for di, d in enumerate(layer.directions):
             dw = f"{where}.directions[{di}]"
@@ -211,18 +234,26 @@ class Model:
                 _shape(f"{dw}.proj", d.proj, (P, H))
             elif P != H:
                 raise ModelError(f"{dw}.R: has {P} columns but hidden_size is {H} and there is no proj")
-            if len(d.activations) != 3 or not all(isinstance(a, Activation) for a in d.activations):
-                raise ModelError(f"{dw}.activations: expected three Activation (f, g, h)")
-            for a in d.activations:
-                if acts.canonical_name(a.name) != a.name:
-                    raise ModelError(f"{dw}.activations: unknown activation {a.name!r}; "
-                                     f"supported: {', '.join(acts.NAMES)}")
-            d.activations = tuple(d.activations)
+            d.activations = self._validate_activations(dw, d.activations)
             if first is None:
                 first = (H, I, P)
             elif (H, I, P) != first:
                 raise ModelError(f"{dw}: sizes (H, I, P)={(H, I, P)} differ from the forward "
                                  f"direction's {first}")
+
+    @staticmethod
+    def _validate_activations(dw, activations) -> tuple:
+        """(f, g, h) of one direction: known names, and parameters the kernels can use."""
+        if not isinstance(activations, (list, tuple)) or len(activations) != 3 or \
+                not all(isinstance(a, Activation) for a in activations):
+            raise ModelError(f"{dw}.activations: expected three Activation (f, g, h)")
+        for k, a in enumerate(activations):
+            if not isinstance(a.name, str) or acts.canonical_name(a.name) != a.name:
+                raise ModelError(f"{dw}.activations: unknown activation {brief.repr(a.name)}; "
+                                 f"supported: {', '.join(acts.NAMES)}")
+            _finite(f"{dw}.activations[{k}].alpha", a.alpha)
+            _finite(f"{dw}.activations[{k}].beta", a.beta)
+        return tuple(activations)
 
     # ---- derived facts ----------------------------------------------------------
     @property
@@ -308,60 +339,79 @@ class Model:
         save_file(self._tensors(), os.fspath(path), metadata={FORMAT: json.dumps(self._meta())})
 
     @classmethod
-    def load(cls, path) -> "Model":
+    def load(cls, path) -> Model:
         """Read a file written by `save`; anything else gives ModelError."""
-        from safetensors import safe_open
-
         path = os.fspath(path)
-        try:
-            with safe_open(path, framework="numpy") as f:
-                header = (f.metadata() or {}).get(FORMAT)
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except FileNotFoundError:
-            raise ModelError(f"{path}: no such file") from None
-        except Exception as e:  # safetensors raises several types for damaged files
-            raise ModelError(f"{path}: not a readable lstm-engine file ({e})") from None
+        tensors, meta = read_safetensors(path)
+        header = meta.get(FORMAT)
         if header is None:
             raise ModelError(f"{path}: a safetensors file without lstm-engine metadata "
                              "(for PyTorch weights use converters.from_torch)")
         try:
-            meta = json.loads(header)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ModelError(f"{path}: damaged metadata ({str(e)[:200]})") from None
-        return cls._from_meta(meta, tensors, path)
+            return cls._from_meta(header, tensors)
+        except ModelError as e:
+            raise ModelError(f"{path}: {e}") from None
 
     @classmethod
-    def _from_meta(cls, meta, tensors, where):
+    def _from_meta(cls, header, tensors):
+        try:
+            meta = json.loads(header)
+        except (ValueError, TypeError, RecursionError) as e:  # ValueError: also ints of 5000 digits
+            raise ModelError(f"damaged metadata ({str(e)[:200]})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ModelError(f"{where}: metadata is not lstm-engine's")
+            raise ModelError("metadata is not lstm-engine's")
         if meta.get("version") != FORMAT_VERSION:
-            raise ModelError(f"{where}: file format version {meta.get('version')!r}; this "
+            raise ModelError(f"file format version {brief.repr(meta.get('version'))}; this "
                              f"lstm-engine reads version {FORMAT_VERSION}")
 
         def get(key, required=True):
             if key not in tensors:
                 if required:
-                    raise ModelError(f"{where}: missing tensor {key!r}")
+                    raise ModelError(f"missing tensor {key!r}")
                 return None
             return tensors[key]
 
-        try:
-            layers = []
-            for li, lm in enumerate(meta["layers"]):
-                dirs = []
-                for di, dm in enumerate(lm["directions"]):
-                    p = f"layers.{li}.{di}."
-                    dirs.append(Direction(
-                        W=get(p + "W"), R=get(p + "R"), b=get(p + "b"),
-                        peepholes=get(p + "peepholes", False), proj=get(p + "proj", False),
-                        activations=tuple(acts.make(n, a, b) for n, a, b in dm["activations"])))
-                layers.append(Layer(dirs, lm["direction"], lm["clip"], lm["input_forget"]))
-            emb = Embedding(get("embedding.weight")) if meta["embedding"] else None
-            head = None
-            if meta["head"] is not None:
-                head = Head(get("head.weight"), get("head.bias", False), meta["head"]["activation"])
-            return cls(layers, emb, head, meta["layout"])
-        except ModelError:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"{where}: damaged metadata ({type(e).__name__}: {e})") from None
+        layers = []
+        for li, lm in enumerate(_member(meta, "layers", list, "metadata")):
+            where = f"layers[{li}]"
+            dirs = []
+            for di, dm in enumerate(_member(lm, "directions", list, where)):
+                p, dw = f"layers.{li}.{di}.", f"{where}.directions[{di}]"
+                dirs.append(Direction(
+                    W=get(p + "W"), R=get(p + "R"), b=get(p + "b"),
+                    peepholes=get(p + "peepholes", False), proj=get(p + "proj", False),
+                    activations=_activations(_member(dm, "activations", list, dw), dw)))
+            # values of any type: Model validation names what is wrong with them
+            layers.append(Layer(dirs, *(_member(lm, k, object, where) for k in ("direction", "clip", "input_forget"))))
+        emb = Embedding(get("embedding.weight")) if _member(meta, "embedding", bool, "metadata") else None
+        hm = _member(meta, "head", (dict, type(None)), "metadata")
+        head = None if hm is None else Head(get("head.weight"), get("head.bias", False),
+                                            _member(hm, "activation", object, "head"))
+        return cls(layers, emb, head, _member(meta, "layout", object, "metadata"))
+
+
+def _member(obj, key, kinds, where):
+    """obj[key] from a native file's metadata, of one of `kinds`: a file may hold any JSON
+    anywhere, and a ModelError names the field instead of a KeyError or TypeError."""
+    if not isinstance(obj, dict):
+        raise ModelError(f"damaged metadata: {where} is a {type(obj).__name__}, not an object")
+    if key not in obj:
+        raise ModelError(f"damaged metadata: {where} has no {key!r}")
+    if not isinstance(obj[key], kinds):
+        raise ModelError(f"damaged metadata: {where}.{key} is a {type(obj[key]).__name__}")
+    return obj[key]
+
+
+def _activations(spec, where) -> tuple:
+    """(f, g, h) from a native file's [[name, alpha, beta], ...]."""
+    for k, item in enumerate(spec):
+        if not (isinstance(item, list) and len(item) == 3):
+            raise ModelError(f"damaged metadata: {where}.activations[{k}] is {brief.repr(item)}, "
+                             "not [name, alpha, beta]")
+    try:
+        return tuple(acts.make(n, a, b) for n, a, b in spec)
+    except KeyError as e:
+        raise ModelError(f"{where}.activations: unknown activation {brief.repr(e.args[0])}; "
+                         f"supported: {', '.join(acts.NAMES)}") from None
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{where}.activations: {e}") from None

@@ -151,3 +151,71 @@ def test_missing_tensor_is_named(rng, tmp_path):
     save_file(t, str(p), metadata={"lstm-engine": json.dumps(meta)})
     with pytest.raises(le.ModelError, match="missing tensor 'layers.0.0.R'"):
         le.load(p)
+
+
+def _native_with(tmp_path, rng, change):
+    """A native file whose metadata went through change(meta)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    m = make_model(rng, 5, (8,), clip=3.0, activations=(acts.make("LeakyRelu", 0.1), acts.TANH, acts.TANH))
+    meta = m._meta()
+    change(meta)
+    p = tmp_path / "x.lstm"
+    save_file(m._tensors(), str(p), metadata={"lstm-engine": json.dumps(meta)})
+    return p
+
+
+def _set_layer(key, value):
+    return lambda meta: meta["layers"][0].__setitem__(key, value)
+
+
+def _set_alpha(value):
+    return lambda meta: meta["layers"][0]["directions"][0]["activations"][0].__setitem__(1, value)
+
+
+@pytest.mark.parametrize("change, match", [
+    (_set_layer("clip", 10 ** 400), r"layers\[0\].clip: must be a finite number within float32 range"),
+    (_set_layer("clip", float("inf")), r"layers\[0\].clip: must be a finite number"),
+    (_set_layer("clip", "1.5"), r"layers\[0\].clip: expected a number, got str"),
+    (_set_layer("input_forget", "no"), r"layers\[0\].input_forget: expected a bool"),
+    (_set_layer("direction", ["forward"]), r"layers\[0\].direction: \['forward'\] is not one of"),
+    (_set_alpha(10 ** 400), r"layers\[0\].directions\[0\].activations: must be a finite number within float32"),
+    (_set_alpha(1e39), "within float32 range, got 1e\\+39"),
+    (_set_alpha(float("nan")), "got nan"),
+    (_set_alpha("0.5"), "expected a number, got str"),
+    (_set_alpha(True), "expected a number, got bool"),
+    (lambda meta: meta.__setitem__("layout", True), "layout must be 0"),
+    (lambda meta: meta["layers"].__setitem__(0, 5), r"damaged metadata: layers\[0\] is a int, not an object"),
+    (lambda meta: meta["layers"][0].pop("clip"), r"damaged metadata: layers\[0\] has no 'clip'"),
+    (lambda meta: meta.__setitem__("head", []), "damaged metadata: metadata.head is a list"),
+    (lambda meta: meta["layers"][0]["directions"][0].__setitem__("activations", "x"),
+     r"layers\[0\].directions\[0\].activations is a str"),
+    (lambda meta: meta["layers"][0]["directions"][0]["activations"][1].pop(),
+     r"activations\[1\] is \['Tanh', 0.0\], not \[name, alpha, beta\]"),
+], ids=["clip-10^400", "clip-inf", "clip-str", "input_forget-str", "direction-list", "alpha-10^400",
+        "alpha-1e39", "alpha-nan", "alpha-str", "alpha-bool", "layout-bool", "layer-int", "clip-missing",
+        "head-list", "activations-str", "activation-pair"])
+def test_native_metadata_numbers_are_checked(rng, tmp_path, change, match):
+    """Every number in the metadata is a finite float32 (or the bool/choice it stands for):
+    never an OverflowError, and never a NaN that would poison every state."""
+    p = _native_with(tmp_path, rng, change)
+    with pytest.raises(le.ModelError, match=match):
+        le.load(p)
+
+
+@pytest.mark.parametrize("act, field", [
+    (acts.Activation("LeakyRelu", float("nan")), "alpha"),
+    (acts.Activation("ScaledTanh", 1.0, float("inf")), "beta"),
+    (acts.Activation("Elu", 1e39), "alpha"),
+    (acts.Activation("Affine", "2"), "alpha"),
+], ids=["nan", "inf", "beyond-float32", "str"])
+def test_model_refuses_non_finite_activation_parameters(rng, act, field):
+    """At construction, and again when validated after a change (as an Engine does)."""
+    with pytest.raises(le.ModelError, match=rf"layers\[0\].directions\[0\].activations\[1\].{field}"):
+        make_model(rng, 4, (6,), activations=(acts.SIGMOID, act, acts.TANH))
+    m = make_model(rng, 4, (6,))
+    m.layers[0].directions[0].activations = (acts.SIGMOID, act, acts.TANH)
+    with pytest.raises(le.ModelError, match=rf"activations\[1\].{field}"):
+        m._validate()

@@ -181,6 +181,10 @@ def test_weights_as_runtime_inputs_need_binding(rng):
     (dict(activations=["Sigmoid", "Tanh"]), "2 activations for 1 direction"),
     (dict(direction="bidirectional"), "do not fit direction"),
     (dict(clip=-1.0), "clip"),
+    (dict(activations=["LeakyRelu", "Tanh", "Tanh"], activation_alpha=[float("nan")]),
+     "activation_alpha/activation_beta: must be a finite number within float32 range, got nan"),
+    (dict(activations=["Sigmoid", "ScaledTanh", "Tanh"], activation_alpha=[1.0], activation_beta=[float("inf")]),
+     "got inf"),
 ])
 def test_bad_lstm_nodes(rng, attrs, match):
     m, _ = lstm_graph(rng, attrs)
@@ -335,7 +339,7 @@ def test_constant_folding_cannot_blow_up(op):
         numpy_helper.from_array(np.zeros((1, 8, 2), np.float32), "R")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, 3])],
                           [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    with pytest.raises(le.ModelError, match="constant folding would create"):
+    with pytest.raises(le.ModelError, match=f"folding constant {op}: .* refused before allocating"):
         from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
 
 
