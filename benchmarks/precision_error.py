@@ -1,51 +1,24 @@
-"""bf16 and int8 vs fp32 on trained weights (DESIGN §6): python benchmarks/precision_error.py
+"""bf16 and int8 vs fp32 on a larger trained model (DESIGN §6): python benchmarks/precision_error.py
 
-Trains a small character-level LSTM (embedding, 2 x LSTM, linear + log-softmax) with
-PyTorch on this repository's own Python source (fixed seed, a minute on 2 cores), then
-streams held-out text through the engine in fp32, bf16 and int8 and reports how far
-apart the outputs are. Needs torch.
+Trains the character LSTM of benchmarks/train_fixtures.py at twice the fixture's size
+(embedding 64, 2 x 256, linear + log-softmax; fixed seed, one thread, about two minutes),
+then streams held-out text through the engine in fp32, bf16 and int8 and reports how far
+apart the outputs are, and what that does to the held-out loss. Needs torch.
 """
-import glob
-import os
 import time
 
 import numpy as np
 import torch
+from train_fixtures import train_char
 
 import lstm_engine as le
 from converters import from_torch
 
 torch.manual_seed(0)
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-text = "".join(open(f, encoding="utf-8").read() for f in sorted(glob.glob(f"{root}/lstm_engine/**/*.py", recursive=True)))
-chars = sorted(set(text))
-ids = torch.tensor([chars.index(ch) for ch in text])
-split = int(0.9 * len(ids))
-V, E, H = len(chars), 64, 256
-
-
-class CharLSTM(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = torch.nn.Embedding(V, E)
-        self.rnn = torch.nn.LSTM(E, H, num_layers=2)
-        self.out = torch.nn.Linear(H, V)
-
-    def forward(self, x):
-        return torch.log_softmax(self.out(self.rnn(self.emb(x))[0]), -1)
-
-
-net = CharLSTM()
-opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+torch.set_num_threads(1)
 t0 = time.time()
-for _ in range(400):
-    starts = torch.randint(0, split - 65, (32,))
-    batch = torch.stack([ids[s:s + 65] for s in starts]).T  # (65, 32)
-    loss = torch.nn.functional.nll_loss(net(batch[:-1]).reshape(-1, V), batch[1:].reshape(-1))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-print(f"trained 400 steps in {time.time() - t0:.0f} s, final train loss {loss.item():.2f} nats/char")
+net, ids, split, loss = train_char(64, 256, 400)
+print(f"trained 400 steps in {time.time() - t0:.0f} s, final train loss {loss:.2f} nats/char")
 
 model = from_torch(net.state_dict(), prefix="rnn", embedding="emb", head="out", head_activation="LogSoftmax")
 held = ids[split:split + 2000].numpy()
@@ -54,10 +27,10 @@ for precision in ("fp32", "bf16", "int8"):
     s = le.Engine(model, precision=precision).open_stream()
     outs[precision] = np.stack([s.step(int(t)) for t in held])
 with torch.no_grad():
-    ref = net(torch.from_numpy(held)[:, None])[:, 0].numpy()
+    ref = torch.log_softmax(net(torch.from_numpy(held)[:, None])[:, 0], -1).numpy()
 lp32 = outs["fp32"]
 nll = lambda lp: -lp[np.arange(len(held) - 1), held[1:]].mean()  # noqa: E731
-print(f"{len(held)} held-out characters streamed step by step (H={H}, 2 layers, vocab {V})")
+print(f"{len(held)} held-out characters streamed step by step (H=256, 2 layers, vocab {lp32.shape[1]})")
 print(f"fp32 vs torch:  max |log-prob| diff {np.abs(lp32 - ref).max():.2e}")
 for precision in ("bf16", "int8"):
     lp = outs[precision]

@@ -17,9 +17,10 @@ import numpy as np
 from .errors import ModelError
 from .model import Direction, Layer, Model
 from .packing import WEIGHT_BYTES
-from .peers import ENGINE, PEERS, systems
+from .peers import ENGINE, PEERS, engine_system, systems
 
 NOISY = 0.25  # warn when the interquartile range exceeds this fraction of the median
+NAME = 16  # width of the system column: "onnxruntime int8"
 
 
 def default_model(hidden: int, inputs: int | None = None, layers: int = 1, seed: int = 0) -> Model:
@@ -167,15 +168,18 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
     systems_ = systems(model, against, precision, threads, progress)
     agree = {"fp32": 1e-3, "bf16": 5e-2, "int8": 1e-1}[precision]  # bf16 and int8 round the weights
 
-    def check(what, call):  # timing a peer is only fair if it computes the same thing
-        first = {s.name: np.asarray(call(s), np.float64) for s in systems_}  # all from zero state
-        for name, y in first.items():
-            diff = float(np.abs(y - first[ENGINE]).max())
-            if diff > agree and progress:
-                progress(f"warning: {name} disagrees with {ENGINE} by {diff:.2g} ({what}): "
+    def error(what, call, feeds):  # timing a peer is only fair if it computes the same thing
+        fp32 = engine_system(model, threads)  # from zero state, as every system is here
+        errs = error_vs(fp32, {s.name: s for s in systems_}, call, feeds)
+        for name, e in errs.items():
+            if e["max_abs"] > agree and progress:
+                progress(f"warning: {name} disagrees with {ENGINE} fp32 by {e['max_abs']:.2g} ({what}): "
                          "its timings are not comparable")
+        return errs
 
-    check("step", lambda s: s.step(x))
+    # the timed chunk from zero state, in two calls: the error covers the state carried between calls
+    half = chunk // 2
+    errors = {"chunk": error("chunk", lambda s, X: s.run(X), [X[:half], X[half:]] if half else [X])}
     est_step, est_run = {}, {}
     for s in systems_:  # warm-up outside the timings (compilation, caches, allocators)
         for _ in range(5):
@@ -196,7 +200,7 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
     many = None
     if streams and model.streamable:
         Xm = _inputs(model, streams, rng)[1]
-        check(f"{streams} streams", lambda s: s.many(Xm))
+        errors["streams"] = error(f"{streams} streams", lambda s, X: s.many(X), [Xm, Xm])  # two frames each
         est_many = {}
         for s in systems_:
             t0 = time.perf_counter()
@@ -219,7 +223,24 @@ def measure(model: Model, steps: int = 2000, chunk: int = 100, against=PEERS, pr
             "precisions": {s.name: s.precision for s in systems_},
             "weight_bytes": _weight_bytes(model, precision), "chunk": chunk,
             "blas_bytes": _weight_bytes(model) if blas else 0,
-            "step": step, "run": run, "blas_gemv": blas, "streams": streams if many else 0, "many": many}
+            "step": step, "run": run, "blas_gemv": blas, "streams": streams if many else 0, "many": many,
+            "error": errors}
+
+
+def error_vs(reference, systems_: dict, call, feeds) -> dict:
+    """{label: max and mean |y - reference's y|} of each system in {label: system}, all
+    fed `feeds` by call(system, feed), one call per feed in order. Systems carry state:
+    each (and the reference) must start from zero state, and is left elsewhere."""
+    ref = _outputs(reference, call, feeds)
+    out = {}
+    for label, s in systems_.items():
+        d = np.abs(_outputs(s, call, feeds) - ref)
+        out[label] = {"max_abs": float(d.max()), "mean_abs": float(d.mean())}
+    return out
+
+
+def _outputs(system, call, feeds):
+    return np.concatenate([np.asarray(call(system, f), np.float64).reshape(-1) for f in feeds])
 
 
 # ---- presentation ---------------------------------------------------------------------
@@ -229,7 +250,7 @@ def report(results: list, info: dict) -> str:
                          if info.get(k))
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info['machine']}, ISA {'+'.join(info['isa']) or '?'}",
              kernel_line(info), _precision_line(results), _blas_line(info), versions, ""]
-    hdr = (f"{'model':>8} {'system':<12} {'step p50 µs':>12} {'p99 µs':>9} {'lstm-engine':>14} "
+    hdr = (f"{'model':>8} {'system':<{NAME}} {'step p50 µs':>12} {'p99 µs':>9} {'lstm-engine':>14} "
            f"{'chunk µs/frame':>15} {'lstm-engine':>14} {'GB/s':>6}")
     lines += [hdr, "-" * len(hdr)]  # ratio columns fit "123.45x faster"
     noisy = []
@@ -240,13 +261,13 @@ def report(results: list, info: dict) -> str:
             up_s = "" if name == ENGINE else _versus(s["median_us"], eng_s["median_us"])
             up_c = "" if name == ENGINE else _versus(c["median_us"], eng_r["median_us"])
             gbs = r["weight_bytes"] / s["median_us"] / 1e3
-            lines.append(f"{r['name']:>8} {name:<12} {s['median_us']:>12.1f} {s['p99_us']:>9.1f} {up_s:>14} "
+            lines.append(f"{r['name']:>8} {name:<{NAME}} {s['median_us']:>12.1f} {s['p99_us']:>9.1f} {up_s:>14} "
                          f"{c['median_us']:>15.2f} {up_c:>14} {gbs:>6.1f}")
             noisy += [f"{r['name']} {name} {kind}" for kind, m in (("step", s), ("chunk", c))
                       if m["iqr_us"] > NOISY * m["median_us"]]
         if r["blas_gemv"]:
             b = r["blas_gemv"]
-            lines.append(f"{r['name']:>8} {'numpy BLAS':<12} {b['median_us']:>12.1f} {b['p99_us']:>9.1f} "
+            lines.append(f"{r['name']:>8} {'numpy BLAS':<{NAME}} {b['median_us']:>12.1f} {b['p99_us']:>9.1f} "
                          f"{'':>14} {'bare [W R]·[x;h]':>15} {'':>14} {r['blas_bytes'] / b['median_us'] / 1e3:>6.1f}")
     lines += ["", "lstm-engine column: how much faster (or slower) lstm-engine is than that peer, from medians",
               "measured side by side in this run. GB/s: weight bytes read per step / step time; numpy BLAS",
@@ -254,21 +275,39 @@ def report(results: list, info: dict) -> str:
               "kernel named above."]
     many = [r for r in results if r.get("many")]
     if many:
-        hdr = f"{'model':>8} {'system':<12} {'streams':>8} {'µs/stream p50':>14} {'p99':>9} {'lstm-engine':>14}"
+        hdr = f"{'model':>8} {'system':<{NAME}} {'streams':>8} {'µs/stream p50':>14} {'p99':>9} {'lstm-engine':>14}"
         lines += ["", hdr, "-" * len(hdr)]
         for r in many:
             eng = r["many"][ENGINE]
             for name, m in r["many"].items():
                 up = "" if name == ENGINE else _versus(m["median_us"], eng["median_us"])
-                lines.append(f"{r['name']:>8} {name:<12} {r['streams']:>8} {m['median_us']:>14.2f} "
+                lines.append(f"{r['name']:>8} {name:<{NAME}} {r['streams']:>8} {m['median_us']:>14.2f} "
                              f"{m['p99_us']:>9.2f} {up:>14}")
                 noisy += [f"{r['name']} {name} streams"] if m["iqr_us"] > NOISY * m["median_us"] else []
         lines += ["", "streams: one frame for each of N streams per call: Engine.step_many, and each peer's",
                   "batch-N call with its state carried."]
+    lines += _error_table(results)
     if noisy:
         lines.append(f"warning: interquartile spread above {NOISY:.0%} of the median for {', '.join(noisy[:4])}"
                      f"{' ...' if len(noisy) > 4 else ''}: the machine was busy, those figures are less trustworthy")
     return "\n".join(lines)
+
+
+def _error_table(results) -> list:
+    """max and mean |difference| from lstm-engine fp32 of every system's outputs."""
+    streams = max(r["streams"] for r in results)
+    hdr = f"{'model':>8} {'system':<{NAME}} {'chunk max':>10} {'mean':>9}"
+    hdr += f" {f'{streams} streams max':>18} {'mean':>9}" if streams else ""
+    lines = ["", hdr, "-" * len(hdr)]
+    for r in results:
+        for name, e in r["error"]["chunk"].items():
+            row = f"{r['name']:>8} {name:<{NAME}} {e['max_abs']:>10.2e} {e['mean_abs']:>9.2e}"
+            if "streams" in r["error"]:
+                m = r["error"]["streams"][name]
+                row += f" {m['max_abs']:>18.2e} {m['mean_abs']:>9.2e}"
+            lines.append(row)
+    return lines + ["", "error: |output - lstm-engine fp32's| from zero state over the inputs timed above: the chunk",
+                    "in two calls (state carried between them), and two frames for each of the N streams."]
 
 
 def _precision_line(results) -> str:

@@ -5,9 +5,17 @@ A system has `name`, `step(x)` (one frame, state carried), `run(X)` (a chunk, st
 carried), `many(X)` (one frame for each of N streams in one call) and `precision`
 (the arithmetic it actually runs, as the system itself reports it). Peers get the
 model in their own format (an ONNX export, or nn.LSTM with the same weights), the
-same thread count as the engine and the precision asked of the engine.
+same thread count as the engine and the precision asked of the engine. With
+precision="int8" each of onnxruntime and PyTorch also brings its own int8 LSTM
+("onnxruntime int8", "pytorch int8"): dynamic quantisation of the same model, the way
+either tool's documentation does it.
 """
 from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
 
 import numpy as np
 
@@ -17,6 +25,7 @@ from .model import ONNX_TO_TORCH, Model, permute_gates
 
 PEERS = ("ort", "torch", "openvino")
 ENGINE = "lstm-engine"
+PER_ROW = " per row"  # name suffix of an int8 peer with one weight scale per gate row
 
 
 class _EngineSystem:
@@ -93,10 +102,49 @@ class _OrtSystem(_OnnxState):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        self._s = ort.InferenceSession(self.proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self._s = ort.InferenceSession(self._graph(), so, providers=["CPUExecutionProvider"])
+
+    def _graph(self) -> bytes:
+        return self.proto.SerializeToString()
 
     def _infer(self, feed):
         return self._s.run(self.outs, feed)
+
+
+class _OrtInt8System(_OrtSystem):
+    """onnxruntime's int8: quantize_dynamic on the same export turns each LSTM node into
+    DynamicQuantizeLSTM (int8 W and R, x and h quantised to uint8 per call) and the head's
+    MatMul into MatMulInteger, as PyTorch quantises nn.LSTM and nn.Linear; the embedding
+    stays float32, as in PyTorch. One weight scale per direction (its default), or with
+    per_channel one per gate row, as lstm-engine's int8."""
+
+    name = "onnxruntime int8"
+    precision = "u8s8 (DynamicQuantizeLSTM)"  # int8 weights times uint8 x and h
+
+    def __init__(self, model, threads, precision, per_channel=False):
+        self._per_channel = per_channel
+        super().__init__(model, threads, precision)
+        self.name += PER_ROW if per_channel else ""
+
+    def _graph(self) -> bytes:
+        import onnx
+        from onnxruntime.quantization import quantize_dynamic
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "int8.onnx")
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing on the root logger
+            try:
+                quantize_dynamic(self.proto, path, op_types_to_quantize=["LSTM", "MatMul"],
+                                 per_channel=self._per_channel)
+            finally:
+                root.setLevel(level)
+            proto = onnx.load(path)
+        ops = [n.op_type for n in proto.graph.node]
+        if "LSTM" in ops or ops.count("DynamicQuantizeLSTM") != len(self.model.layers):
+            raise ModelError(f"onnxruntime did not quantize every LSTM node (graph: {', '.join(ops)})")
+        return proto.SerializeToString()
 
 
 class _OpenVinoSystem(_OnnxState):
@@ -141,47 +189,35 @@ class _TorchSystem:
                 raise ModelError(f"layers[{li}] uses options nn.LSTM does not have")
         torch.set_num_threads(threads)
         self._torch = torch
-        self._layers = []
-        for layer in model.layers:
-            d = layer.directions[0]
-            H = layer.hidden_size
-            m = torch.nn.LSTM(layer.input_size, H, proj_size=layer.proj_size if d.proj is not None else 0)
-            with torch.no_grad():
-                m.weight_ih_l0.copy_(torch.from_numpy(permute_gates(d.W, H, ONNX_TO_TORCH)))
-                m.weight_hh_l0.copy_(torch.from_numpy(permute_gates(d.R, H, ONNX_TO_TORCH)))
-                m.bias_ih_l0.copy_(torch.from_numpy(permute_gates(d.b, H, ONNX_TO_TORCH)))
-                m.bias_hh_l0.zero_()
-                if d.proj is not None:
-                    m.weight_hr_l0.copy_(torch.from_numpy(d.proj))
-            self._layers.append(m.eval())
+        self._sizes = model.state_sizes
+        self._net = torch.nn.ModuleDict({"layers": torch.nn.ModuleList(_torch_lstm(torch, layer)
+                                                                       for layer in model.layers)})
+        if model.head is not None:
+            self._net["head"] = _torch_linear(torch, model.head)
+        self._net.eval()
+        self._act = None if model.head is None else model.head.activation
+        self._emb = None if model.embedding is None else torch.from_numpy(model.embedding.weight)
         self._state = self._zeros(1)
         self._batch_state = None
-        self._emb = None if model.embedding is None else torch.from_numpy(model.embedding.weight)
-        self._head = None
-        if model.head is not None:
-            self._head = (torch.from_numpy(model.head.weight),
-                          None if model.head.bias is None else torch.from_numpy(model.head.bias), model.head.activation)
 
     def _zeros(self, batch):
-        return [(self._torch.zeros(1, batch, m.proj_size or m.hidden_size), self._torch.zeros(1, batch, m.hidden_size))
-                for m in self._layers]
+        return [(self._torch.zeros(1, batch, p), self._torch.zeros(1, batch, h)) for p, h in self._sizes]
 
     def _call(self, state, X):
         """X (T, B, ...) through the model from `state` (a list, updated); returns Y (T, B, O)."""
         torch = self._torch
         with torch.inference_mode():
             x = self._emb[torch.as_tensor(np.asarray(X, np.int64))] if self._emb is not None else torch.from_numpy(np.asarray(X))
-            for k, m in enumerate(self._layers):
+            for k, m in enumerate(self._net["layers"]):
                 x, state[k] = m(x, state[k])
-            if self._head is not None:
-                w, b, act = self._head
-                x = torch.nn.functional.linear(x, w, b)
-                if act == "Softmax":
+            if "head" in self._net:
+                x = self._net["head"](x)
+                if self._act == "Softmax":
                     x = torch.softmax(x, -1)
-                elif act == "LogSoftmax":
+                elif self._act == "LogSoftmax":
                     x = torch.log_softmax(x, -1)
-                elif act is not None:
-                    x = getattr(torch, act.lower())(x)
+                elif self._act is not None:
+                    x = getattr(torch, self._act.lower())(x)
             return x.numpy()
 
     def run(self, X):
@@ -197,19 +233,83 @@ class _TorchSystem:
         return self._call(self._batch_state, np.asarray(X)[None])[0]
 
 
+def _torch_lstm(torch, layer):
+    """One forward layer as nn.LSTM: gates reordered to PyTorch's, the bias folded into b_ih."""
+    d, H = layer.directions[0], layer.hidden_size
+    m = torch.nn.LSTM(layer.input_size, H, proj_size=layer.proj_size if d.proj is not None else 0)
+    with torch.no_grad():
+        m.weight_ih_l0.copy_(torch.from_numpy(permute_gates(d.W, H, ONNX_TO_TORCH)))
+        m.weight_hh_l0.copy_(torch.from_numpy(permute_gates(d.R, H, ONNX_TO_TORCH)))
+        m.bias_ih_l0.copy_(torch.from_numpy(permute_gates(d.b, H, ONNX_TO_TORCH)))
+        m.bias_hh_l0.zero_()
+        if d.proj is not None:
+            m.weight_hr_l0.copy_(torch.from_numpy(d.proj))
+    return m
+
+
+def _torch_linear(torch, head):
+    """The dense head as nn.Linear (a module, so quantize_dynamic finds it)."""
+    out, inputs = head.weight.shape
+    m = torch.nn.Linear(inputs, out, bias=head.bias is not None)
+    with torch.no_grad():
+        m.weight.copy_(torch.from_numpy(head.weight))
+        if head.bias is not None:
+            m.bias.copy_(torch.from_numpy(head.bias))
+    return m
+
+
+class _TorchInt8System(_TorchSystem):
+    """PyTorch's int8: torch.ao.quantization.quantize_dynamic(net, {nn.LSTM, nn.Linear},
+    dtype=torch.qint8), its documented recipe: int8 weights with one scale per tensor (or
+    with per_channel one per gate row, as lstm-engine's int8), x and h quantised to uint8
+    per call, on the quantized engine PyTorch chose for this CPU."""
+
+    name = "pytorch int8"
+
+    def __init__(self, model: Model, threads, precision, per_channel=False):
+        if any(d.proj is not None for _, _, _, d in model.cells()):
+            raise ModelError("PyTorch's quantized LSTM has no proj_size")
+        super().__init__(model, threads, precision)
+        torch = self._torch
+        q = torch.ao.quantization
+        spec = dict.fromkeys((torch.nn.LSTM, torch.nn.Linear), q.per_channel_dynamic_qconfig if per_channel
+                             else q.default_dynamic_qconfig)
+        with warnings.catch_warnings():  # torch.ao.quantization announces its deprecation at every call
+            warnings.simplefilter("ignore")
+            self._net = q.quantize_dynamic(self._net, spec, dtype=torch.qint8)
+        self.name += PER_ROW if per_channel else ""
+        self.precision = f"u8s8 (quantize_dynamic, {torch.backends.quantized.engine})"  # as onnxruntime
+
+
 _PEER_CLASSES = {"ort": _OrtSystem, "torch": _TorchSystem, "openvino": _OpenVinoSystem}
+_INT8_CLASSES = {"ort": _OrtInt8System, "torch": _TorchInt8System}  # with precision="int8", beside the above
+
+
+def int8_peer(key, model, threads=1, per_channel=False):
+    """onnxruntime's ("ort") or PyTorch's ("torch") int8 LSTM of `model`; per_channel: one
+    weight scale per gate row instead of their default one per tensor."""
+    return _INT8_CLASSES[key](model, threads, "int8", per_channel)
+
+
+def engine_system(model, threads=1, precision="fp32"):
+    """The engine behind the systems' interface (also the fp32 that errors are measured from)."""
+    return _EngineSystem(model, threads, precision)
 
 
 def systems(model, against=PEERS, precision="fp32", threads=1, progress=None) -> list:
-    """The engine first, then each requested peer that can run here; skips are reported."""
-    out = [_EngineSystem(model, threads, precision)]
+    """The engine first, then each requested peer that can run here (and its int8 when
+    precision="int8"); skips are reported."""
+    out = [engine_system(model, threads, precision)]
     for key in against:
-        try:
-            out.append(_PEER_CLASSES[key](model, threads, precision))
-        except ImportError as e:
-            if progress:
-                progress(f"{key}: not installed, skipped ({e.name or e})")
-        except ModelError as e:
-            if progress:
-                progress(f"{key}: cannot run this model, skipped ({e})")
+        classes = [_PEER_CLASSES[key]] + ([_INT8_CLASSES[key]] if precision == "int8" and key in _INT8_CLASSES else [])
+        for cls in classes:
+            try:
+                out.append(cls(model, threads, precision))
+            except ImportError as e:
+                if progress:
+                    progress(f"{key}: not installed, skipped ({e.name or e})")
+                break
+            except ModelError as e:
+                if progress:
+                    progress(f"{cls.name}: cannot run this model, skipped ({e})")
     return out

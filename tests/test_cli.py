@@ -279,3 +279,42 @@ def test_bench_reports_openvino_precision_it_got_not_asked(tmp_path, capsys, mon
                         if key == "INFERENCE_PRECISION_HINT" else real(self, key))
     assert _bench_openvino(tmp_path, "fp32")["openvino"] == "f16 (INFERENCE_PRECISION_HINT)"
     assert "openvino f16 (INFERENCE_PRECISION_HINT)" in capsys.readouterr().out
+
+
+def _installed(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_bench_int8_peers_and_their_error(tmp_path, capsys):
+    """--precision int8 times onnxruntime's and PyTorch's int8 LSTMs beside ours in every
+    mode, and reports every system's error against lstm-engine fp32, in text and JSON."""
+    assert main(["bench", "--hidden", "16", "--steps", "20", "--chunk", "6", "--streams", "3", "--precision", "int8",
+                 "--against", "ort,torch", "--json", str(tmp_path / "b.json")]) == 0
+    cap = capsys.readouterr()
+    b = json.loads((tmp_path / "b.json").read_text())["benchmarks"][0]
+    peers = {name: module for module, names in (("onnxruntime", ("onnxruntime", "onnxruntime int8")),
+                                                ("torch", ("pytorch", "pytorch int8"))) for name in names}
+    names = {"lstm-engine"} | {name for name, module in peers.items() if _installed(module)}
+    assert set(b["step"]) == set(b["run"]) == set(b["many"]) == names
+    assert set(b["error"]) == {"chunk", "streams"}
+    for mode in ("chunk", "streams"):
+        errors = b["error"][mode]
+        assert set(errors) == names
+        for name, e in errors.items():
+            assert 0 <= e["mean_abs"] <= e["max_abs"]
+            # the fp32 peers agree with fp32; the int8 systems move outputs, within bench's 1e-1
+            assert e["max_abs"] <= 1e-5 if name in ("onnxruntime", "pytorch") else 1e-5 < e["max_abs"] <= 1e-1
+    if "onnxruntime int8" in names:
+        assert b["precisions"]["onnxruntime int8"] == "u8s8 (DynamicQuantizeLSTM)"
+    if "pytorch int8" in names:
+        assert b["precisions"]["pytorch int8"].startswith("u8s8 (quantize_dynamic, ")
+    err = b["error"]
+    assert "chunk max" in cap.out and "3 streams max" in cap.out  # the error table's header
+    for name in names:  # a row in the step/chunk table, the streams table and the error table
+        rows = [line[len(f"{'H=16':>8} {name:<{bench.NAME}}"):].split() for line in cap.out.splitlines()
+                if line.startswith(f"{'H=16':>8} {name:<{bench.NAME}} ")]
+        assert len(rows) == 3
+        assert rows[2] == [f"{err[m][name][k]:.2e}" for m in ("chunk", "streams") for k in ("max_abs", "mean_abs")]
+    assert "disagrees" not in cap.err
