@@ -82,7 +82,8 @@ class Engine:
         m = self.model = _own_copy(model)
         self.precision = precision
         self._threads_asked = int(threads)
-        self.threads = self._threads_asked if _worth_threads(m) else 1
+        # no more than numba's pool holds (the cores, unless NUMBA_NUM_THREADS says less)
+        self.threads = min(self._threads_asked, numba.config.NUMBA_NUM_THREADS) if _worth_threads(m) else 1
         p = self._packed = pack(m, self.threads, precision)
         # what the boundary checks against, fixed now: engine.model is reachable, the
         # kernels read only what was packed

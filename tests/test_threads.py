@@ -1,4 +1,5 @@
 """Engine(threads=N) splits hidden units across cores: same numbers as one thread."""
+import numba
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ def test_threads_give_the_same_numbers(rng, threads):
     H = 3 * BLOCK + BLOCK // 2
     model = make_model(rng, 40, (H, 130), peep=[True, False], clip=[3.0, None], head=7, head_act="Softmax")
     one, many = le.Engine(model), le.Engine(model, threads=threads)
-    assert one.threads == 1 and many.threads == threads
+    assert one.threads == 1 and many.threads == min(threads, numba.config.NUMBA_NUM_THREADS)
     X = rand(rng, 60, 40)
     a, b = one.open_stream(), many.open_stream()
     assert maxdiff(np.stack([a.step(x) for x in X]), np.stack([b.step(x) for x in X])) <= 1e-6
@@ -38,3 +39,11 @@ def test_small_layers_keep_one_thread(rng):
 def test_bad_thread_counts(rng, bad):
     with pytest.raises(ValueError, match="threads"):
         le.Engine(make_model(rng, 4, (8,)), threads=bad)
+
+
+def test_threads_are_at_most_numbas_pool(rng):
+    e = le.Engine(make_model(rng, 64, (160,)), threads=1000)
+    assert e.threads == numba.config.NUMBA_NUM_THREADS
+    s = e.open_stream()
+    x = rng.standard_normal(64).astype(np.float32)
+    assert np.array_equal(s.step(x), le.Engine(e.model).open_stream().step(x))  # the same numbers
