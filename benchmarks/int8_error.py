@@ -22,7 +22,8 @@ import trained  # tests/trained.py: fixture paths, gate statistics
 
 def fixture_errors(model, feeds):
     """{system: {"max_abs", "mean_abs"}} over the inputs streamed one step per call."""
-    rows = {"lstm-engine bf16": engine_system(model, precision="bf16")}
+    rows = {"lstm-engine bf16": engine_system(model, precision="bf16"),
+            "lstm-engine int8-dynamic": engine_system(model, precision="int8-dynamic")}
     for s in systems(model, ("ort", "torch"), "int8", progress=print):
         rows["lstm-engine int8" if s.name == "lstm-engine" else s.name] = s
     for key in ("ort", "torch"):  # their scales at our granularity: one per gate row

@@ -231,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--layers", type=int, default=1)
     b.add_argument("--steps", type=int, default=2000, help="timed steps per system and size")
     b.add_argument("--chunk", type=int, default=100, help="frames per chunked run (T)")
-    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int8-dynamic"])
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--streams", type=int, default=0, metavar="N",
                    help="also time one frame for each of N streams per call (Engine.step_many vs batch N)")
@@ -245,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("model")
     v.add_argument("--inputs", help=".npz keyed by graph input names (default: random, shaped from the graph)")
     v.add_argument("--steps", type=int, default=100, help="time steps of random inputs")
-    v.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+    v.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int8-dynamic"],
                    help="the engine's weights (the reference stays fp32): how much does bf16 / int8 move my model?")
     v.add_argument("--tol", type=float, default=None,
                    help="largest max-abs error that passes (default 1e-4; bf16 5e-2; int8 2e-1)")

@@ -19,7 +19,8 @@ from .inputs import F32, array, kernel_array, nonfinite, numeric
 from .kernels.layout import HD_IN, HD_OUT, HD_ST_Y
 from .kernels.lstm import BADSHAPE, NONFINITE, _run, _step, _step_many
 from .model import Model
-from .packing import PRECISIONS as _PANEL_DTYPES, aligned_zeros, pack
+from .packing import PRECISIONS as _PANEL_DTYPES
+from .packing import aligned_zeros, pack
 
 PRECISIONS = tuple(_PANEL_DTYPES)
 _ndarray = np.ndarray  # bound once: Stream.step's check saves a module attribute lookup
@@ -63,7 +64,9 @@ class Engine:
 
     precision: "fp32"; "bf16": W and R rounded to bfloat16, half the bytes streamed per
     step; "int8": W and R as int8 with one float32 scale per gate row, a quarter of the
-    bytes. Everything else (and all arithmetic) stays float32.
+    bytes, widened to float32 (x and h stay float32); "int8-dynamic": the same int8
+    weights times x and h rounded to uint8 per frame and stream (one scale each), in
+    integer dot products (vpdpbusd where the CPU has VNNI). Everything else stays float32.
     threads: cores that split each layer's hidden units. A parallel region costs a
     few µs, so models whose layers are too small to gain keep to one thread
     (`Engine.threads` says what is used).

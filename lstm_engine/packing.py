@@ -11,12 +11,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import layout as L
-from .kernels.linalg import PAIR, QUAD
 from .kernels.isa import cache_bytes
-from .kernels.simd import BF16, F32, GROUP, I8
+from .kernels.linalg import PAIR, QUAD
 from .kernels.pointwise import (
-    HEAD_LOGSOFTMAX, HEAD_NONE, HEAD_RELU, HEAD_SIGMOID, HEAD_SOFTMAX, HEAD_TANH,
+    HEAD_LOGSOFTMAX,
+    HEAD_NONE,
+    HEAD_RELU,
+    HEAD_SIGMOID,
+    HEAD_SOFTMAX,
+    HEAD_TANH,
 )
+from .kernels.simd import BF16, F32, GROUP, I8, Q8
 
 _HEAD_CODES = {None: HEAD_NONE, "Softmax": HEAD_SOFTMAX, "LogSoftmax": HEAD_LOGSOFTMAX,
                "Sigmoid": HEAD_SIGMOID, "Tanh": HEAD_TANH, "Relu": HEAD_RELU}
@@ -26,8 +31,8 @@ _PAGE = 4096  # bytes
 # groups at once there (Zen 3, AVX2: H=1024 step 941 -> 822 us; Emerald Rapids, AVX-512:
 # equal either way at H=512 and 1024)
 WIDE_BYTES = cache_bytes(3, 32 << 20) // 2
-PRECISIONS = {"fp32": F32, "bf16": BF16, "int8": I8}  # name -> dtype of the panels (simd.py)
-WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
+PRECISIONS = {"fp32": F32, "bf16": BF16, "int8": I8, "int8-dynamic": Q8}  # name -> dtype of the panels (simd.py)
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "int8-dynamic": 1}
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class _Buffer:
         """Floats, or a bf16 / int8 panel as its raw bytes, from the next 64 bytes on;
         returns where they start, in float32 slots."""
         a = np.asarray(a)
-        if a.dtype in (np.uint16, np.int8):
+        if a.dtype in (np.uint16, np.int8, np.uint8):
             raw = np.ascontiguousarray(a).ravel().view(np.uint8)
             a = np.concatenate([raw, np.zeros(-raw.size % 4, np.uint8)]).view(np.float32)
         a = np.ascontiguousarray(a, np.float32).ravel()
@@ -159,9 +164,29 @@ def bf16_panel(a: np.ndarray, Rp: int) -> np.ndarray:
     return bf16_bits(pairs).ravel()
 
 
+def q8_panel(a: np.ndarray, Rp: int) -> np.ndarray:
+    """(R, K) rows -> the int8-dynamic panel layout of kernels/simd.py, as uint8 bytes:
+    per group of GROUP rows, the int8 weights (quantize_rows) as quads of columns
+    (K padded to a multiple of 4), then GROUP float32 scales, then GROUP int32 row sums."""
+    q, scale = quantize_rows(a)
+    R, K = a.shape
+    K4 = -(-K // 4) * 4
+    G = Rp // GROUP
+    padded = np.zeros((Rp, K4), np.int8)
+    padded[:R, :K] = q
+    body = padded.reshape(G, GROUP, K4 // 4, 4).transpose(0, 2, 1, 3).reshape(G, -1)
+    sp = np.zeros(Rp, np.float32)
+    sp[:R] = scale
+    sums = padded.sum(axis=1, dtype=np.int32)
+    tail = np.concatenate([sp.reshape(G, GROUP).view(np.int8), sums.reshape(G, GROUP).view(np.int8)], axis=1)
+    return np.ascontiguousarray(np.concatenate([body, tail], axis=1)).ravel().view(np.uint8)
+
+
 def panel(a: np.ndarray, Rp: int, prec: str) -> np.ndarray:
     """(R, K) rows -> their panel in precision prec (simd.py's dtype names), in the
     panel's own dtype."""
+    if prec == Q8:
+        return q8_panel(a, Rp)
     if prec == I8:
         return int8_panel(a, Rp).view(np.int8)
     if prec == BF16:

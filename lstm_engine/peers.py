@@ -301,7 +301,8 @@ def systems(model, against=PEERS, precision="fp32", threads=1, progress=None) ->
     precision="int8"); skips are reported."""
     out = [engine_system(model, threads, precision)]
     for key in against:
-        classes = [_PEER_CLASSES[key]] + ([_INT8_CLASSES[key]] if precision == "int8" and key in _INT8_CLASSES else [])
+        int8 = precision.startswith("int8") and key in _INT8_CLASSES
+        classes = [_PEER_CLASSES[key]] + ([_INT8_CLASSES[key]] if int8 else [])
         for cls in classes:
             try:
                 out.append(cls(model, threads, precision))

@@ -23,6 +23,8 @@ def _env(variant):
 
 def test_auto_picks_the_widest_variant_the_cpu_runs():
     assert isa.select("auto", AVX512 | {"avx512bf16"}) == isa.Isa("avx512", 16, 6)
+    assert isa.select("auto", AVX512 | {"avx512vnni"}) == isa.Isa("avx512", 16, 6, vnni=True)
+    assert isa.select("avx2", AVX512 | {"avxvnni"}).vnni and not isa.select("generic", AVX512 | {"avxvnni"}).vnni
     assert isa.select("auto", {"avx2", "fma"}).name == "avx2"
     assert isa.select("auto", {"avx2"}).name == "generic"  # AVX2 without FMA
     assert isa.select("auto", {"neon"}).name == "generic"
@@ -61,7 +63,7 @@ def test_kernels_and_engine_under_every_variant(variant):
     if variant == isa.ISA.name:
         pytest.skip("the rest of the suite runs this process's variant")
     files = ["tests/test_simd.py", "tests/test_vs_onnxruntime.py", "tests/test_step_many.py",
-             "tests/test_precision.py", "tests/test_paths_agree.py"]
+             "tests/test_precision.py", "tests/test_paths_agree.py", "tests/test_precision_trained.py"]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
                        env=_env(variant), capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

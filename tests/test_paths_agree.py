@@ -3,11 +3,11 @@
 give the same bits, in every precision, and saturate alike."""
 import numpy as np
 import pytest
+from helpers import make_model
 
 import lstm_engine as le
 import lstm_engine.reference as ref
 from lstm_engine import activations as acts
-from helpers import make_model
 
 
 def _paths(engine, X, rng):
@@ -29,16 +29,16 @@ def _paths(engine, X, rng):
 
 
 MODELS = {
-    "peepholes, clip, head": dict(I=13, hidden=(70, 33), peep=[True, False], clip=[None, 2.0], head=5),
-    "projection, other activations, input_forget": dict(
-        I=9, hidden=(40, 20), proj=[11, None], input_forget=[True, False],
-        activations=[("HardSigmoid", "Softsign", "Elu"), ("Sigmoid", "Tanh", "Tanh")]),
-    "threads=2": dict(I=64, hidden=(130,), threads=2),
+    "peepholes, clip, head": {"I": 13, "hidden": (70, 33), "peep": [True, False], "clip": [None, 2.0], "head": 5},
+    "projection, other activations, input_forget": {
+        "I": 9, "hidden": (40, 20), "proj": [11, None], "input_forget": [True, False],
+        "activations": [("HardSigmoid", "Softsign", "Elu"), ("Sigmoid", "Tanh", "Tanh")]},
+    "threads=2": {"I": 64, "hidden": (130,), "threads": 2},
 }
 
 
 @pytest.mark.parametrize("kind", MODELS)
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int8-dynamic"])
 def test_every_path_gives_the_same_bits(rng, precision, kind):
     spec = dict(MODELS[kind])
     I, threads = spec.pop("I"), spec.pop("threads", 1)

@@ -6,9 +6,10 @@ import numba
 import numpy as np
 import pytest
 
+from lstm_engine import packing
 from lstm_engine.kernels import simd
 from lstm_engine.kernels.linalg import _offset
-from lstm_engine import packing
+from lstm_engine.kernels.quantize import operand_rows
 from lstm_engine.packing import bf16_bits, int8_panel, round_bf16, round_int8, to_panel
 
 
@@ -140,3 +141,57 @@ def test_kernels_refuse_strided_arrays():
     x = np.zeros(8, np.float32)
     with pytest.raises(TypeError, match="C-contiguous"):
         _gemv2(np.zeros(2 * G * 4, np.float32), x[::2], np.zeros(2 * G, np.float32), False)
+
+
+@numba.njit
+def _q8_gemm(p, X, nf, out, acc):
+    xq = operand_rows(p, X)
+    K4 = xq.shape[1] - 4
+    if acc:
+        simd.gemm_acc(p, 0, xq, 0, xq.shape[1], K4, out, 0, out.shape[1], nf)
+    else:
+        simd.gemm(p, 0, xq, 0, xq.shape[1], K4, out, 0, out.shape[1], nf)
+    return xq
+
+
+def _dequantised(xq, K):
+    """What the kernels multiply: (q - 128) * s per row."""
+    s = np.ascontiguousarray(xq[:, -4:]).view(np.float32)
+    return (xq[:, :K].astype(np.float64) - simd.Q8_ZERO) * s
+
+
+@pytest.mark.parametrize("K", [1, 3, 4, 5, 64, 67])
+@pytest.mark.parametrize("frames", sorted({1, 2, simd.FRAMES}))
+def test_int8_dynamic_gemm(rng, K, frames):
+    """Integer dot products (vpdpbusd where the CPU has it) then the rescale: exactly
+    the quantised weights times the quantised frames, up to float32 rounding."""
+    W = rng.standard_normal((G + 5, K)).astype(np.float32)
+    X = rng.standard_normal((frames, K)).astype(np.float32) * np.linspace(0.01, 10, frames)[:, None]
+    X[0, 0] = 0 if K > 1 else X[0, 0]
+    p = packing.panel(W, 2 * G, simd.Q8)
+    out = np.full((frames, G + 8), 7.0, np.float32)
+    xq = _q8_gemm(p, X, frames, out, False)
+    want = _dequantised(xq, K) @ round_int8(W)[:G].T.astype(np.float64)
+    assert np.allclose(out[:, :G], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert (out[:, G:] == 7.0).all()
+    assert np.abs(_dequantised(xq, K) - X).max() <= np.abs(X).max(axis=1).max() / 254 * (1 + 1e-6)
+    _q8_gemm(p, X, frames, out, True)
+    assert np.allclose(out[:, :G], 2 * want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_int8_dynamic_quantises_a_row_of_zeros():
+    p = packing.panel(np.ones((G, 4), np.float32), G, simd.Q8)
+    out = np.ones((1, G), np.float32)
+    xq = _q8_gemm(p, np.zeros((1, 4), np.float32), 1, out, False)
+    assert (xq[0, :4] == simd.Q8_ZERO).all() and not out.any()
+
+
+def test_int8_dynamic_panel_layout(rng):
+    R, K = G + 3, 6
+    W = rng.standard_normal((R, K)).astype(np.float32)
+    g = packing.panel(W, 2 * G, simd.Q8).reshape(2, G * (8 + simd.Q8_EXTRA))
+    q = g[:, :8 * G].view(np.int8).reshape(2, 2, G, 4).transpose(0, 2, 1, 3).reshape(2 * G, 8)  # rows, k
+    scale = np.ascontiguousarray(g[:, 8 * G:12 * G]).view(np.float32).ravel()
+    sums = np.ascontiguousarray(g[:, 12 * G:]).view(np.int32).ravel()
+    assert np.array_equal(q[:R, :K] * scale[:R, None], round_int8(W)) and not q[:, K:].any() and not q[R:].any()
+    assert np.array_equal(sums, q.astype(np.int32).sum(axis=1))

@@ -16,7 +16,8 @@ import os
 import shutil
 import warnings
 
-from numba.core import caching, config as numba_config
+from numba.core import caching
+from numba.core import config as numba_config
 
 from . import config
 from .isa import ISA, VARIANTS

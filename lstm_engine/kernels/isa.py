@@ -27,17 +27,18 @@ class Isa:
     name: str  # one of VARIANTS
     width: int  # floats per vector register
     frames: int  # frames one GEMM kernel call feeds from each weight load (register blocking)
+    vnni: bool = False  # u8 x s8 dot products of four (vpdpbusd) for int8-dynamic panels
 
     @property
     def key(self) -> str:
         """Names everything that changes generated code: the JIT cache is kept apart by it."""
-        return f"{self.name}-w{self.width}-f{self.frames}"
+        return f"{self.name}-w{self.width}-f{self.frames}" + ("-vnni" if self.vnni else "")
 
 
 def host_features() -> set:
     """The CPU features numba generates code for (its NUMBA_CPU_NAME/FEATURES, else the host)."""
-    from numba.core import config
     import llvmlite.binding as llvm
+    from numba.core import config
 
     if config.CPU_FEATURES:
         return {f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+")}
@@ -93,9 +94,9 @@ def select(request: str, features: set) -> Isa:
                          f"use auto")
     if request == "avx512":
         # 32 zmm registers: 4 weight vectors x 6 frames = 24 accumulators
-        return Isa("avx512", 16, 6)
+        return Isa("avx512", 16, 6, "avx512vnni" in features)
     if request == "avx2":
-        return Isa("avx2", 8, 3)  # 16 ymm registers: 4 x 3 = 12 accumulators
+        return Isa("avx2", 8, 3, "avxvnni" in features)  # 16 ymm registers: 4 x 3 = 12 accumulators
     return Isa("generic", 4, 3)
 
 

@@ -9,7 +9,8 @@ from numba import prange
 
 from .config import inline_kernel, kernel, parallel_kernel
 from .layout import BLOCK
-from .simd import FRAMES, GROUP, I8_EXTRA, gemm, gemm_acc, gemv2, gemv2_acc, gemv4, gemv4_acc
+from .quantize import columns, group_cols
+from .simd import FRAMES, GROUP, gemm, gemm_acc, gemv2, gemv2_acc, gemv4, gemv4_acc
 
 PAIR = 2 * GROUP  # gate rows per gemv2 call
 QUAD = 4 * GROUP  # gate rows per gemv4 call, for weights that come from memory
@@ -19,13 +20,8 @@ assert 4 * BLOCK % QUAD == 0, "a block's gate rows must be whole row sets of the
 @inline_kernel
 def _offset(r, K, p):
     """Element offset of the group holding row r (a multiple of GROUP) in panel p of K
-    columns: int8 rows carry I8_EXTRA more for their scale, bf16 rows pad K to pairs
-    (simd.py)."""
-    if p.itemsize == 1:
-        return r * (K + I8_EXTRA)
-    if p.itemsize == 2:
-        return r * (K + (K & 1))
-    return r * K
+    columns (simd.py's layouts: quantize.group_cols)."""
+    return r * group_cols(p, K)
 
 
 @inline_kernel
@@ -35,8 +31,8 @@ def _gates(Wp, x, Rp, h, r0, n, wide, flip, out):
     R (., P) padded to that row set, in any of simd.py's precisions; x may be empty
     when out already holds W.x: R.h then adds to it. flip walks the row sets last to
     first (layout.py)."""
-    I = x.shape[0]
-    P = h.shape[0]
+    I = columns(Wp, x)
+    P = columns(Rp, h)
     step = QUAD if wide else PAIR
     nset = (n + step - 1) // step
     for q in range(nset):
@@ -97,19 +93,21 @@ def _matvec(w, r0, n, vec, out):
 def _gemm_panel(a, Wp, bias, acc, out, r_begin, r_end):
     """out[t, r] (+)= bias[r] + a[t] . W[r] for r_begin <= r < r_end (multiples of GROUP);
     bias applies where r < len(bias) (pass it empty for none); acc adds to what out holds.
-    a (T, K) frames, Wp the panel of W (., K) in any of simd.py's precisions,
+    a (T, K) frames (quantised rows for int8-dynamic panels: quantize.operand_rows), Wp
+    the panel of W (., K) in any of simd.py's precisions,
     out (T, >= r_end). FRAMES frames share every panel load (fewer at the end)."""
     T = a.shape[0]
-    K = a.shape[1]
+    K = columns(Wp, a)
+    lda = a.shape[1]
     ld = out.shape[1]
     for r in range(r_begin, r_end, GROUP):
         po = _offset(r, K, Wp)
         for t in range(0, T, FRAMES):
             nf = min(FRAMES, T - t)
             if acc:
-                gemm_acc(Wp, po, a, t * K, K, K, out, t * ld + r, ld, nf)
+                gemm_acc(Wp, po, a, t * lda, lda, K, out, t * ld + r, ld, nf)
             else:
-                gemm(Wp, po, a, t * K, K, K, out, t * ld + r, ld, nf)
+                gemm(Wp, po, a, t * lda, lda, K, out, t * ld + r, ld, nf)
     for t in range(T):
         for r in range(r_begin, min(r_end, bias.shape[0])):
             out[t, r] += bias[r]

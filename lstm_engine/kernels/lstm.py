@@ -6,19 +6,49 @@ finiteness is checked here, before any state is touched. Layout of `ws` and `met
 see layout.py.
 """
 import numpy as np
-
 from numba import prange
 
 from .config import inline_kernel, kernel, parallel_kernel
 from .layout import (
-    C_ACTF, C_ACTG, C_ACTH, C_B, C_COL, C_H, C_IFORGET, C_LAYER, C_P,
-    C_PEEP, C_PRM, C_PROJ, C_R, C_REV, C_ROWS, C_W, C_WIDE,
-    HD_BLOCK, HD_HEAD_ACT, HD_HEAD_B, HD_HEAD_W, HD_IN, HD_NCELL, HD_NLAYER, HD_OUT, HD_TOP,
-    HD_PMAX, HD_HMAX, HD_ST_FLIP, HD_ST_G, HD_ST_LEN, HD_ST_M, HD_ST_Y, HD_THREADS,
+    C_ACTF,
+    C_ACTG,
+    C_ACTH,
+    C_B,
+    C_COL,
+    C_H,
+    C_IFORGET,
+    C_LAYER,
+    C_P,
+    C_PEEP,
+    C_PRM,
+    C_PROJ,
+    C_R,
+    C_REV,
+    C_ROWS,
+    C_W,
+    C_WIDE,
+    HD_BLOCK,
+    HD_HEAD_ACT,
+    HD_HEAD_B,
+    HD_HEAD_W,
+    HD_HMAX,
+    HD_IN,
+    HD_NCELL,
+    HD_NLAYER,
+    HD_OUT,
+    HD_PMAX,
+    HD_ST_FLIP,
+    HD_ST_G,
+    HD_ST_LEN,
+    HD_ST_M,
+    HD_ST_Y,
+    HD_THREADS,
+    HD_TOP,
 )
 from .linalg import _gates, _gemm_panel, _gemm_panel_par, _matvec
 from .pointers import _f32_at, _unowned
 from .pointwise import _act_inplace, _head_act_inplace, _sigmoid, _tanh
+from .quantize import operand, operand_rows
 from .simd import WIDTH
 from .update_ir import update_std
 
@@ -174,6 +204,7 @@ def _cell(W, x, R, h, wx, ws, cm, hd, flip, c, hout, g, m):
     # this function's arguments live through the call: views of them need no counting
     W, x, R, h, wx, ws = _unowned(W), _unowned(x), _unowned(R), _unowned(h), _unowned(wx), _unowned(ws)
     cm, hd, c, hout, g, m = _unowned(cm), _unowned(hd), _unowned(c), _unowned(hout), _unowned(g), _unowned(m)
+    x, h = operand(W, x), operand(R, h)  # quantised once for every block (int8-dynamic)
     H = cm[C_H]
     block = hd[HD_BLOCK]
     nthreads = hd[HD_THREADS]
@@ -298,11 +329,11 @@ def _step_many(x, wp, meta, addrs, y):
             hs[i] = _h_of(_f32_at(addrs[i], hd[HD_ST_LEN]), hd, cell, P)
         gates = np.empty((N, cm[C_ROWS]), np.float32)
         if nthreads > 1:
-            _gemm_panel_par(xin, _w(wp, cm), nobias, False, gates, nthreads)
-            _gemm_panel_par(hs, _r(wp, cm), nobias, True, gates, nthreads)
+            _gemm_panel_par(operand_rows(wp, xin), _w(wp, cm), nobias, False, gates, nthreads)
+            _gemm_panel_par(operand_rows(wp, hs), _r(wp, cm), nobias, True, gates, nthreads)
         else:
-            _gemm_panel(xin, _w(wp, cm), nobias, False, gates, 0, gates.shape[1])
-            _gemm_panel(hs, _r(wp, cm), nobias, True, gates, 0, gates.shape[1])
+            _gemm_panel(operand_rows(wp, xin), _w(wp, cm), nobias, False, gates, 0, gates.shape[1])
+            _gemm_panel(operand_rows(wp, hs), _r(wp, cm), nobias, True, gates, 0, gates.shape[1])
         # the updates stay on one thread: splitting them over 2 measured no gain
         # (threads=2 vs 1 at H=256: 1.62-1.84x either way; the products dominate)
         for i in range(N):
@@ -360,9 +391,9 @@ def _run(x, lengths, wp, meta, h, c, y):
                 R = _r(wp, cm)
                 wx = np.empty((n, cm[C_ROWS]), np.float32)
                 if nthreads > 1:
-                    _gemm_panel_par(cur[:n], W, ws[:0], False, wx, nthreads)
+                    _gemm_panel_par(operand_rows(W, cur[:n]), W, ws[:0], False, wx, nthreads)
                 else:
-                    _gemm_panel(cur[:n], W, ws[:0], False, wx, 0, wx.shape[1])
+                    _gemm_panel(operand_rows(W, cur[:n]), W, ws[:0], False, wx, 0, wx.shape[1])
                 hs = hp[:P]
                 for j in range(P):
                     hs[j] = h[b, cell, j]

@@ -36,8 +36,10 @@ from .isa import ISA
 WIDTH = ISA.width  # floats per vector: 16 on AVX-512, 8 on AVX2, 4 generic
 GROUP = 4 * WIDTH  # rows per panel group: four vectors
 FRAMES = ISA.frames  # frames one GEMM call feeds from each weight load (4 * FRAMES accumulators)
-F32, BF16, I8 = "float32", "uint16", "int8"  # panel dtypes of the three precisions
+F32, BF16, I8, Q8 = "float32", "uint16", "int8", "uint8"  # panel dtypes of the four precisions
 I8_EXTRA = 4  # int8 "columns" per row taken by its float32 scale
+Q8_EXTRA = 8  # int8-dynamic "columns" per row: its float32 scale and int32 row sum
+Q8_ZERO = 128  # quantised x and h are u8 with this zero point (q = round(x / s) + 128)
 
 _F32 = ir.FloatType()
 _V = ir.VectorType(_F32, WIDTH)
@@ -45,7 +47,7 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _VI8 = ir.VectorType(ir.IntType(8), WIDTH)
 _VI32 = ir.VectorType(_I32, WIDTH)
-_ELEMENT = {F32: _F32, BF16: ir.IntType(16), I8: ir.IntType(8)}
+_ELEMENT = {F32: _F32, BF16: ir.IntType(16), I8: ir.IntType(8), Q8: ir.IntType(8)}
 
 
 def _load_weights(builder, ptr, prec, pair):
@@ -66,9 +68,11 @@ def _load_weights(builder, ptr, prec, pair):
 def _check_types(p, x, out):
     """Typing-time guard: the kernels use only data pointers, so anything but a
     C-contiguous array of the right dtype would be read wrongly."""
-    if str(p.dtype) not in _ELEMENT or x.dtype != types.float32 or out.dtype != types.float32:
+    xdt = types.uint8 if str(p.dtype) == Q8 else types.float32  # Q8 panels take quantised rows
+    if str(p.dtype) not in _ELEMENT or x.dtype != xdt or out.dtype != types.float32:
         raise TypeError(f"panel kernels take a float32, uint16 (bf16) or int8 panel and float32 "
-                        f"vectors, not {p.dtype}, {x.dtype}, {out.dtype}")
+                        f"vectors (a uint8 panel: quantised uint8 rows), not {p.dtype}, {x.dtype}, "
+                        f"{out.dtype}")
     if any(a.layout != "C" for a in (p, x, out)):
         raise TypeError("panel kernels take C-contiguous arrays only")
 
@@ -100,7 +104,7 @@ def _panel_kernel(ngroups: int, maxframes: int, accumulate: bool):
             # fmuladd, not fma: fused where the CPU has FMA, mul + add (not a libm call) where not
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V] * 3),
                                                  f"llvm.fmuladd.v{WIDTH}f32")
-            c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+            c = lambda v: ir.Constant(_I64, v)
             done = builder.append_basic_block("panel.done")
             switch = builder.switch(builder.sext(nfv, _I64) if nfv.type != _I64 else nfv, done)
             for nframes in range(1, maxframes + 1):
@@ -115,7 +119,8 @@ def _panel_kernel(ngroups: int, maxframes: int, accumulate: bool):
                         for j in range(4):
                             optr.append(builder.bitcast(builder.gep(fbase, [c(GROUP * g + WIDTH * j)]),
                                                         _V.as_pointer()))
-                _emit(builder, fma, pdata, poff, xbase, Kv, optr, prec, accumulate, ngroups, nframes)
+                emit = _emit_q8 if prec == Q8 else _emit
+                emit(builder, fma, pdata, poff, xbase, Kv, optr, prec, accumulate, ngroups, nframes)
                 builder.branch(done)
             builder.position_at_end(done)
             return context.get_dummy_value()
@@ -127,7 +132,7 @@ def _panel_kernel(ngroups: int, maxframes: int, accumulate: bool):
 
 def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframes):
     """The k loop and the stores of one kernel, emitted at the builder's block."""
-    c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+    c = lambda v: ir.Constant(_I64, v)
     nacc = ngroups * 4 * nframes
     if prec == I8:
         cols = builder.add(Kv, c(I8_EXTRA))
@@ -217,6 +222,98 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
                         else builder.fmul(res[i], scales[g][j])
     for r, q in zip(res, optr):
         builder.store(r, q, align=4)
+
+
+def _dot4(builder, acc, xq, w):
+    """acc + the sums of four u8 (xq) x s8 (w) products in every 32-bit lane."""
+    if ISA.vnni:
+        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VI32, [_VI32] * 3),
+                                           f"llvm.x86.avx512.vpdpbusd.{32 * WIDTH}")
+        return builder.call(f, [acc, xq, w])
+    for e in range(4):  # portable: each byte of a lane in turn
+        xe = builder.and_(builder.lshr(xq, ir.Constant(_VI32, [8 * e] * WIDTH)), ir.Constant(_VI32, [255] * WIDTH))
+        we = builder.ashr(builder.shl(w, ir.Constant(_VI32, [24 - 8 * e] * WIDTH)), ir.Constant(_VI32, [24] * WIDTH))
+        acc = builder.add(acc, builder.mul(xe, we))
+    return acc
+
+
+def _emit_q8(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframes):
+    """_emit for int8-dynamic panels: integer dot products of the quantised x rows with
+    the int8 weights, then the rescale in float32.
+
+    A panel group holds its rows' int8 weights as quads of columns (k = 4q .. 4q+3 of
+    row j in the 4 bytes at q*4*GROUP + 4*j; K padded to K4, a multiple of 4), then
+    GROUP float32 scales, then GROUP int32 row sums. A quantised x row holds K4 u8
+    (x/s + Q8_ZERO), then s as float32. W.x = scale * s * (sum q_w q_x - Q8_ZERO * rowsum).
+    """
+    c = lambda v: ir.Constant(_I64, v)
+    nacc = ngroups * 4 * nframes
+    k4 = builder.and_(builder.add(Kv, c(3)), c(-4))
+    gstride = builder.mul(builder.add(k4, c(Q8_EXTRA)), c(GROUP))
+    gbase = [builder.gep(wdata, [builder.add(poff, builder.mul(gstride, c(g)))]) for g in range(ngroups)]
+    nq = builder.lshr(k4, c(2))
+    zero = ir.Constant(_VI32, [0] * WIDTH)
+    entry = builder.basic_block
+    loop = builder.append_basic_block(f"q8.loop{nframes}")
+    end = builder.append_basic_block(f"q8.store{nframes}")
+    builder.cbranch(builder.icmp_signed(">", nq, c(0)), loop, end)
+
+    builder.position_at_end(loop)
+    q = builder.phi(_I64)
+    accs = [builder.phi(_VI32) for _ in range(nacc)]
+    q.add_incoming(c(0), entry)
+    for a in accs:
+        a.add_incoming(zero, entry)
+    xs = []
+    for f in range(nframes):
+        quad = builder.load(builder.bitcast(builder.gep(xbase[f], [builder.mul(q, c(4))]), _I32.as_pointer()), align=1)
+        xs.append(builder.shuffle_vector(builder.insert_element(ir.Constant(_VI32, ir.Undefined), quad,
+                                                                 ir.Constant(_I32, 0)),
+                                         ir.Constant(_VI32, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH)))
+    off = builder.mul(q, c(4 * GROUP))
+    new = list(accs)
+    for g in range(ngroups):
+        row = builder.gep(gbase[g], [off])
+        for j in range(4):
+            w = builder.load(builder.bitcast(builder.gep(row, [c(4 * WIDTH * j)]), _VI32.as_pointer()), align=1)
+            for f in range(nframes):
+                i = (f * ngroups + g) * 4 + j
+                new[i] = _dot4(builder, new[i], xs[f], w)
+    q2 = builder.add(q, c(1))
+    back = builder.basic_block
+    q.add_incoming(q2, back)
+    for a, v in zip(accs, new):
+        a.add_incoming(v, back)
+    builder.cbranch(builder.icmp_signed("<", q2, nq), loop, end)
+
+    builder.position_at_end(end)
+    res = [builder.phi(_VI32) for _ in range(nacc)]
+    for r, v in zip(res, new):
+        r.add_incoming(zero, entry)
+        r.add_incoming(v, back)
+    vload = lambda ptr, t: builder.load(builder.bitcast(ptr, t.as_pointer()), align=1)
+    tail = [builder.gep(gbase[g], [builder.mul(k4, c(GROUP))]) for g in range(ngroups)]
+    scales = [[vload(builder.gep(tail[g], [c(4 * WIDTH * j)]), _V) for j in range(4)] for g in range(ngroups)]
+    sums = [[vload(builder.gep(tail[g], [c(4 * GROUP + 4 * WIDTH * j)]), _VI32) for j in range(4)]
+            for g in range(ngroups)]
+    zp = ir.Constant(_VI32, [Q8_ZERO] * WIDTH)
+    # numba's fastmath marks every unflagged float operation reassociable, and LLVM
+    # could then order dot * (row scale * frame scale) differently per kernel: the
+    # rescale carries a flag of its own ("nsz", harmless here), so every path gives
+    # the same bits
+    exact = ("nsz",)
+    for f in range(nframes):
+        xscale = builder.load(builder.bitcast(builder.gep(xbase[f], [k4]), _F32.as_pointer()), align=1)
+        xsv = builder.shuffle_vector(builder.insert_element(ir.Constant(_V, ir.Undefined), xscale, ir.Constant(_I32, 0)),
+                                     ir.Constant(_V, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH))
+        for g in range(ngroups):
+            for j in range(4):
+                i = (f * ngroups + g) * 4 + j
+                dot = builder.sitofp(builder.sub(res[i], builder.mul(zp, sums[g][j])), _V)
+                scale = builder.fmul(scales[g][j], xsv, flags=exact)
+                v = builder.call(fma, [dot, scale, builder.load(optr[i], align=4)]) if acc \
+                    else builder.fmul(dot, scale, flags=exact)
+                builder.store(v, optr[i], align=4)
 
 
 # GEMV, one frame: two groups walked together (two streams, eight accumulators)

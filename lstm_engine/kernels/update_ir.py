@@ -96,8 +96,8 @@ def update_std(typingctx, gb, pb, pi, po, pf, c, m, nvec, bound, iforget):
         gbp, pbp, pip, pop, pfp, cp, mp = ptrs
         nv, bnd, ifg = args[7], args[8], args[9]
         n = builder.extract_value(context.make_array(signature.args[5])(context, builder, args[5]).shape, 0)
-        ivec = lambda x: builder.insert_element(ir.Constant(_V, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))  # noqa: E731
-        splat = lambda x: builder.shuffle_vector(ivec(x), ir.Constant(_V, ir.Undefined),  # noqa: E731
+        ivec = lambda x: builder.insert_element(ir.Constant(_V, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+        splat = lambda x: builder.shuffle_vector(ivec(x), ir.Constant(_V, ir.Undefined),
                                                  ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH))
         hi = splat(builder.fptrunc(bnd, _F32) if bnd.type != _F32 else bnd)
         lo = builder.fneg(hi)
@@ -116,8 +116,8 @@ def update_std(typingctx, gb, pb, pi, po, pf, c, m, nvec, bound, iforget):
         def at(p, off):
             return builder.bitcast(builder.gep(p, [builder.add(j, off)]), _V.as_pointer())
 
-        def load(p, off=ir.Constant(_I64, 0)):
-            return builder.load(at(p, off), align=4)
+        def load(p, off=None):
+            return builder.load(at(p, ir.Constant(_I64, 0) if off is None else off), align=4)
 
         n2 = builder.mul(n, ir.Constant(_I64, 2))
         n3 = builder.mul(n, ir.Constant(_I64, 3))
