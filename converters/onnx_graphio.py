@@ -45,6 +45,8 @@ class GraphIO:
         if self.y:
             lead = ("B", "T") if model.layout == 1 else ("T", "B")
             axes, arr = list(lead if Y.ndim == 3 else lead[:1]), Y
+            if "B" in axes and "B" not in self.y_axes:  # the graph squeezed a batch of 1
+                arr, axes = arr.squeeze(axes.index("B")), [a for a in axes if a != "B"]
             if "D" in self.y_axes:  # the raw LSTM output: split F into (D, P)
                 top = model.layers[-1]
                 arr = arr.reshape(arr.shape[:-1] + (top.num_directions, top.proj_size))

@@ -322,6 +322,8 @@ class _Importer:
         dims = self.input_dims.get(self.io.x) or []
         if raw is not None and int(raw[1]) < len(dims) and dims[int(raw[1])]:
             return dims[int(raw[1])]
+        if lab == "B" and not self.io.batched:  # the LSTM's batch axis made by Unsqueeze
+            return 1
         return _BIG_T if lab in ("T", "x0") else _BIG_B
 
     def _size(self, d: Data, label):
@@ -426,7 +428,8 @@ class _Importer:
 
     def _squeezable(self, v, a):
         lab = self._lab(a)
-        return lab == "1" or (lab == "D" and self._size(v, "D") == 1) or (lab == "S" and len(v.cells) == 1)
+        return lab == "1" or (lab == "D" and self._size(v, "D") == 1) or (lab == "S" and len(v.cells) == 1) or \
+            (lab == "B" and self._placeholder("B") == 1)  # unbatched, or the graph fixes B at 1
 
     def _op_Squeeze(self, node, ins, at):
         v = ins[0]
@@ -834,18 +837,19 @@ class _Importer:
         return replace(v, axes=v.axes[:-1] + ("O",), head=("mm",))
 
     def _op_Gemm(self, node, ins, at):
+        """alpha * v @ op(w) + beta * c: the head's MatMul and Add with alpha and beta
+        folded into the weights (transA would transpose the frames, no head does that)."""
         v, w = ins[0], ins[1]
         c = ins[2] if len(ins) > 2 else None
         if not isinstance(w, Const) or (c is not None and not isinstance(c, Const)):
             raise _Refuse("Gemm with run-time weights")
-        if at.get("transA", 0) or at.get("alpha", 1.0) != 1.0 or at.get("beta", 1.0) != 1.0:
-            raise _Refuse("Gemm with transA/alpha/beta")
-        self._head_input(v, "Gemm")
+        if at.get("transA", 0):
+            raise _Refuse("Gemm with transA")
         wv = np.asarray(w.value)
-        self.head_w = wv if at.get("transB", 0) else wv.T
-        out = self._op_MatMul(node, [v, Const(self.head_w.T)], at)
+        wv = wv.T if at.get("transB", 0) else wv
+        out = self._op_MatMul(node, [v, Const(wv * np.float32(at.get("alpha", 1.0)))], at)
         if c is not None:
-            out = self._op_Add(node, [out, c], at)
+            out = self._op_Add(node, [out, Const(np.asarray(c.value) * np.float32(at.get("beta", 1.0)))], at)
         return out
 
     def _op_Add(self, node, ins, at):
