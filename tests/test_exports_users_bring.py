@@ -45,3 +45,49 @@ def test_squeeze_of_a_batch_fixed_at_one(rng):
     model, io = import_onnx(proto)
     assert model.head is not None and io.batched
     _agrees(proto)
+
+
+# ---- item 1: Gemm heads -----------------------------------------------------------------
+@pytest.mark.parametrize("attrs", [{}, dict(transB=1), dict(transB=1, alpha=0.5, beta=2.0), dict(alpha=-1.5)],
+                         ids=["plain", "transB", "transB-alpha-beta", "alpha"])
+def test_gemm_head(rng, attrs):
+    w = rng.standard_normal((3, 6) if attrs.get("transB") else (6, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "Wh"), numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "bh")]
+    proto = _lstm_graph(rng, [7, 1, 5], [helper.make_node("Gemm", ["frames", "Wh", "bh"], ["y"], **attrs)], inits)
+    assert import_onnx(proto)[0].head is not None
+    _agrees(proto)
+
+
+def test_gemm_with_trans_a_is_refused(rng):
+    inits = [numpy_helper.from_array(rng.standard_normal((7, 3)).astype(np.float32), "Wh")]
+    proto = _lstm_graph(rng, [7, 1, 5], [helper.make_node("Gemm", ["frames", "Wh"], ["y"], transA=1)], inits)
+    with pytest.raises(le.ModelError, match="Gemm with transA"):
+        import_onnx(proto)
+
+
+# ---- items 1+2: torch.onnx.export of an unbatched nn.LSTM + nn.Linear --------------------
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_unbatched_lstm_with_linear(dynamo):
+    from torch_models import export, torch
+
+    class Unbatched(torch.nn.Module):
+        state = False
+
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.lin = torch.nn.LSTM(6, 8), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.lin(self.lstm(x)[0])
+
+    torch.manual_seed(0)
+    net = Unbatched().eval()
+    x = torch.randn(9, 6)
+    proto = export(net, (x,), dynamo)
+    model, io = import_onnx(proto)
+    assert not io.batched and model.head is not None
+    r = _agrees(proto, {"x": x.numpy()})
+    with torch.no_grad():
+        want = net(x).numpy()
+    Y, _ = le.Engine(model).run(x.numpy())
+    assert np.abs(Y - want).max() <= 1e-4 and r["inputs"] == {"x": [9, 6]}
