@@ -32,12 +32,22 @@ class GraphIO:
         """Graph feeds -> (X, state, lengths) for Engine.run."""
         X = np.asarray(feeds[self.x])
         state = None
-        if self.h0:
-            s = self.state_axes.index("S")
-            state = tuple([np.take(np.asarray(feeds[name]), k, axis=s) for name, _, n in runs for k in range(n)]
-                          for runs in (self.h0, self.c0))
+        if self.h0 or self.c0:
+            lead = () if not self.batched else (X.shape[0 if self.layout == 1 else 1],)
+            state = tuple(self._cells(feeds, runs, [lead + (sz[k],) for sz in model.state_sizes])
+                          for k, runs in enumerate((self.h0, self.c0)))
         lengths = np.asarray(feeds[self.lengths]) if self.lengths else None
         return X, state, lengths
+
+    def _cells(self, feeds, runs, shapes) -> list:
+        """One array per cell of h (or c): from the graph inputs of runs, zeros where the
+        LSTM leaves that state out (ONNX: a missing initial_h or initial_c is zero)."""
+        cells = [np.zeros(shape, np.float32) for shape in shapes]
+        s = self.state_axes.index("S")
+        for name, first, n in runs:
+            for k in range(n):
+                cells[first + k] = np.take(np.asarray(feeds[name]), k, axis=s)
+        return cells
 
     def graph_outputs(self, Y, state, model: Model) -> dict:
         """Engine.run results -> {graph output name: array in the graph's layout}."""

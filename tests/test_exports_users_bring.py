@@ -91,3 +91,26 @@ def test_unbatched_lstm_with_linear(dynamo):
         want = net(x).numpy()
     Y, _ = le.Engine(model).run(x.numpy())
     assert np.abs(Y - want).max() <= 1e-4 and r["inputs"] == {"x": [9, 6]}
+
+
+# ---- item 4: one of initial_h / initial_c given, the other absent (zeros) ------------------
+def _state_graph(rng, given, T=7, B=2, I=5, H=6):
+    W, R = rng.standard_normal((1, 4 * H, I)) * 0.5, rng.standard_normal((1, 4 * H, H)) * 0.5
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (("W", W), ("R", R))]
+    state = ["h0", ""] if given == "h" else ["", "c0"]
+    node = helper.make_node("LSTM", ["x", "W", "R", "", ""] + state, ["y", "hn", "cn"], hidden_size=H)
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph([node], "g", [vi("x", TensorProto.FLOAT, [T, B, I]), vi(given + "0", TensorProto.FLOAT, [1, B, H])],
+                          [vi(n, TensorProto.FLOAT, None) for n in ("y", "hn", "cn")], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+
+@pytest.mark.parametrize("given", ["h", "c"])
+def test_one_initial_state_absent(rng, given, tmp_path):
+    from lstm_engine.cli import main
+
+    proto = _state_graph(rng, given)
+    _agrees(proto)
+    proto.ir_version = 10
+    onnx.save(proto, tmp_path / "m.onnx")
+    assert main(["validate", str(tmp_path / "m.onnx"), "--steps", "9"]) == 0
