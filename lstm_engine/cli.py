@@ -108,7 +108,9 @@ def _validate(args) -> int:
         print("(not streamed: the model runs in reverse, or the inputs use sequence lengths)")
     if res["unchecked_outputs"]:
         print(f"not compared: {res['unchecked_outputs']} (not mapped onto the engine)")
-    print(f"{'PASS' if res['pass'] else 'FAIL'} (tolerance {res['tol']:g} on max abs error)")
+    against = "" if not res["fallback"] else \
+        f" against lstm-engine's own float64 reference, NOT onnxruntime (onnxruntime: {res['fallback']})"
+    print(f"{'PASS' if res['pass'] else 'FAIL'}{against} (tolerance {res['tol']:g} on max abs error)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

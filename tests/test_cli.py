@@ -104,7 +104,10 @@ def test_validate_layout1_falls_back_to_reference(rng, tmp_path, capsys):
     m.ir_version = 9
     onnx.save(m, tmp_path / "l1.onnx")
     assert main(["validate", str(tmp_path / "l1.onnx")]) == 0
-    assert "float64 reference (onnxruntime:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "float64 reference, NOT onnxruntime (onnxruntime:" in out
+    # the verdict line says so too: a PASS against its own reference is no PASS against onnxruntime
+    assert out.strip().splitlines()[-1].startswith("PASS against lstm-engine's own float64 reference, NOT onnxruntime")
 
 
 def test_convert_round_trips(rng, tmp_path, capsys):

@@ -66,23 +66,30 @@ def test_gemm_with_trans_a_is_refused(rng):
 
 
 # ---- items 1+2: torch.onnx.export of an unbatched nn.LSTM + nn.Linear --------------------
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_unbatched_lstm_with_linear(dynamo):
-    from torch_models import export, torch
+def _unbatched_net(head):
+    """nn.LSTM (+ nn.Linear) on x of shape (T, I): exporters wrap it in Unsqueeze/Squeeze."""
+    from torch_models import torch
 
     class Unbatched(torch.nn.Module):
         state = False
 
         def __init__(self):
             super().__init__()
-            self.lstm, self.lin = torch.nn.LSTM(6, 8), torch.nn.Linear(8, 4)
+            self.lstm, self.lin = torch.nn.LSTM(6, 8), torch.nn.Linear(8, 4) if head else None
 
         def forward(self, x):
-            return self.lin(self.lstm(x)[0])
+            y = self.lstm(x)[0]
+            return self.lin(y) if head else y
 
     torch.manual_seed(0)
-    net = Unbatched().eval()
-    x = torch.randn(9, 6)
+    return Unbatched().eval(), torch.randn(9, 6)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_unbatched_lstm_with_linear(dynamo):
+    from torch_models import export, torch
+
+    net, x = _unbatched_net(head=True)
     proto = export(net, (x,), dynamo)
     model, io = import_onnx(proto)
     assert not io.batched and model.head is not None
@@ -114,3 +121,19 @@ def test_one_initial_state_absent(rng, given, tmp_path):
     proto.ir_version = 10
     onnx.save(proto, tmp_path / "m.onnx")
     assert main(["validate", str(tmp_path / "m.onnx"), "--steps", "9"]) == 0
+
+
+# ---- item 7: validate casts --inputs to the declared types, and says when it falls back ---
+def test_validate_casts_float64_inputs(rng, tmp_path, capsys):
+    from lstm_engine.cli import main
+
+    proto = _state_graph(rng, "h")
+    proto.ir_version = 10
+    onnx.save(proto, tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", x=rng.standard_normal((7, 2, 5)), h0=rng.standard_normal((1, 2, 6)))
+    assert main(["validate", str(tmp_path / "m.onnx"), "--inputs", str(tmp_path / "in.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "reference: onnxruntime" in out and "NOT onnxruntime" not in out
+    np.savez(tmp_path / "bad.npz", x=np.zeros((7, 2, 5), np.int64), h0=np.zeros((1, 2, 6)))
+    assert main(["validate", str(tmp_path / "m.onnx"), "--inputs", str(tmp_path / "bad.npz")]) == 2
+    assert "'x' holds int64; the graph declares float32" in capsys.readouterr().err
