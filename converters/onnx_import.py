@@ -117,7 +117,7 @@ class _Importer:
         self.problems: list = []  # (op_type, node name) on the data path
         self.state_mode = None  # True when LSTMs take initial state from graph inputs
         self._run_start = {}  # state input -> its first cell used
-        self._y_layout = 0
+        self._y_layout = None  # 0 / 1: the order of T and B in the graph's output
         self.input_dims = {}  # graph input -> static dims (None where symbolic)
         self.budget = Budget()  # what folding constants may create (DESIGN §7)
         self._max_cells = 2 * sum(n.op_type == "LSTM" for n in self.g.node)  # of any state run
@@ -906,10 +906,11 @@ class _Importer:
                     bad_outputs.append((o.name, "the LSTM output without the head beside the head's output"))
                     continue
                 axes = self._axes(v)
-                order = [a for a in axes if a in ("T", "B", "1")]
+                order = [a for a in axes if a in ("T", "B")]
                 self.io.y = o.name
                 self.io.y_axes = axes
-                self._y_layout = 1 if order[:1] == ["B"] else 0
+                # a batch of 1 squeezed or merged away leaves no order to check
+                self._y_layout = None if "B" not in order else 1 if order[0] == "B" else 0
             elif isinstance(v, Data) and v.kind == "state" and v.which and _is_run(v.cells) and \
                     self._axes(v) in (("S", "B", "P"), ("B", "S", "P")):
                 getattr(self.io, v.which + "n").append((o.name, v.cells[0], len(v.cells)))
@@ -932,7 +933,7 @@ class _Importer:
         if not (self.io.y or self.io.hn or self.io.cn) and not self.select:
             raise ModelError("no graph output carries the top LSTM's output or the final state")
         x_layout = 1 if self.bind.get("x0") == "B" or self.bind.get("x1") == "T" else 0
-        if self.io.y and not self.select and self._y_layout != x_layout and self.io.batched:
+        if self.io.y and not self.select and self._y_layout not in (None, x_layout) and self.io.batched:
             raise ModelError("the graph's output has its time and batch axes in the other order than its input")
         self.io.layout = x_layout
         self.io.h0 = [tuple(r) for r in self.io.h0]

@@ -137,3 +137,33 @@ def test_validate_casts_float64_inputs(rng, tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", x=np.zeros((7, 2, 5), np.int64), h0=np.zeros((1, 2, 6)))
     assert main(["validate", str(tmp_path / "m.onnx"), "--inputs", str(tmp_path / "bad.npz")]) == 2
     assert "'x' holds int64; the graph declares float32" in capsys.readouterr().err
+
+
+# ---- item 6: static-shape dynamo exports: random inputs follow the graph; no fallback crash -
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_validate_static_batch_first_export(dynamo, monkeypatch):
+    from torch_models import Net, export, torch
+
+    from lstm_engine import validate as v
+
+    torch.manual_seed(0)
+    net = Net(I=16, layers=1, batch_first=True, state=False).eval()
+    proto = export(net, (torch.randn(1, 11, 16),), dynamo)
+    r = _agrees(proto)
+    assert r["inputs"] == {"x": [1, 11, 16]}
+    monkeypatch.setattr(v, "_session", lambda proto: (None, "made unavailable by the test"))
+    r = validate(proto)
+    assert r["pass"] and r["fallback"] == "made unavailable by the test" and r["inputs"] == {"x": [1, 11, 16]}
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["lstm", "lstm+linear"])
+def test_numpy_fallback_on_an_unbatched_export(head, monkeypatch):
+    from torch_models import export
+
+    from lstm_engine import validate as v
+
+    net, x = _unbatched_net(head)
+    proto = export(net, (x,), dynamo=False)
+    monkeypatch.setattr(v, "_session", lambda proto: (None, "made unavailable by the test"))
+    r = validate(proto)
+    assert r["pass"] and r["fallback"] and r["inputs"] == {"x": [9, 6]}, r
