@@ -17,6 +17,7 @@ class GraphIO:
     layout: int = 0  # 0: x is (T, B, ...), 1: (B, T, ...)
     batched: bool = True  # False when x has no batch axis
     lengths: str = ""  # graph input of sequence_lens, if any
+    fixed_lengths: tuple = ()  # sequence_lens the graph holds as a constant, if any
     # state tensors: lists of (graph name, first cell, cells), cells in the engine's state order
     h0: list = field(default_factory=list)
     c0: list = field(default_factory=list)
@@ -36,7 +37,8 @@ class GraphIO:
             lead = () if not self.batched else (X.shape[0 if self.layout == 1 else 1],)
             state = tuple(self._cells(feeds, runs, [lead + (sz[k],) for sz in model.state_sizes])
                           for k, runs in enumerate((self.h0, self.c0)))
-        lengths = np.asarray(feeds[self.lengths]) if self.lengths else None
+        lengths = np.asarray(feeds[self.lengths]) if self.lengths else \
+            np.array(self.fixed_lengths, np.int64) if self.fixed_lengths else None
         return X, state, lengths
 
     def _cells(self, feeds, runs, shapes) -> list:

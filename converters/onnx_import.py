@@ -770,19 +770,33 @@ class _Importer:
             self.io.x = x.source
 
     def _check_lens(self, lens, where):
+        """Every LSTM of the stack takes the same sequence_lens, or none does."""
+        have = self.io.lengths or self.io.fixed_lengths
         if lens is None:
-            if self.io.lengths:
+            if have:
                 raise ModelError(f"{where}: has no sequence_lens while the LSTM before it has")
             return
+        key = self._lens_key(lens, where)
+        if self.layers[:-1] and not have:
+            raise ModelError(f"{where}: takes sequence_lens while the LSTM before it does not")
+        if have and have != key:
+            raise ModelError(f"{where}: uses a different sequence_lens than the LSTM before it")
+        if isinstance(key, str):
+            self.io.lengths = key
+        else:
+            self.io.fixed_lengths = key
+
+    @staticmethod
+    def _lens_key(lens, where):
+        """sequence_lens as the graph input that feeds it, or the lengths a constant fixes."""
         if isinstance(lens, Data) and lens.kind == "ids" and len(lens.axes) == 1 and lens.source:
-            if self.layers[:-1] and not self.io.lengths:
-                raise ModelError(f"{where}: takes sequence_lens while the LSTM before it does not")
-            if self.io.lengths and self.io.lengths != lens.source:
-                raise ModelError(f"{where}: uses a different sequence_lens input than the LSTM before it")
-            self.io.lengths = lens.source
-            return
+            return lens.source
         if isinstance(lens, Const):
-            raise ModelError(f"{where}: constant sequence_lens are not supported; feed them as a graph input")
+            v = np.asarray(lens.value)
+            if v.dtype.kind not in "iu" or v.ndim != 1 or not v.size or np.any(v < 0):
+                raise ModelError(f"{where}: constant sequence_lens of shape {v.shape} and type {v.dtype}; "
+                                 "ONNX takes one non-negative integer per sequence")
+            return tuple(int(n) for n in v)
         raise ModelError(f"{where}: sequence_lens is computed in the graph, which is not supported")
 
     def _check_state(self, v, which, cells, layout, where, name):

@@ -17,6 +17,8 @@ def _dims(vi):
 def random_inputs(proto, model, io, steps=100, batch=2, seed=0) -> dict:
     """Inputs shaped from the graph: static dims as declared, time = steps, batch = batch."""
     rng = np.random.default_rng(seed)
+    if io.fixed_lengths:  # the graph's constant sequence_lens fix the batch and bound time
+        batch, steps = len(io.fixed_lengths), max(steps, *io.fixed_lengths)
     inits = {t.name for t in proto.graph.initializer}
     feeds = {}
     T = B = None

@@ -167,3 +167,30 @@ def test_numpy_fallback_on_an_unbatched_export(head, monkeypatch):
     monkeypatch.setattr(v, "_session", lambda proto: (None, "made unavailable by the test"))
     r = validate(proto)
     assert r["pass"] and r["fallback"] and r["inputs"] == {"x": [9, 6]}, r
+
+
+# ---- item 5: sequence_lens held as a constant ------------------------------------------------
+def _fixed_lens_graph(rng, lens, I=5, H=6):
+    W, R = rng.standard_normal((1, 4 * H, I)) * 0.5, rng.standard_normal((1, 4 * H, H)) * 0.5
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (("W", W), ("R", R))]
+    inits.append(numpy_helper.from_array(np.array(lens, np.int32), "lens"))
+    node = helper.make_node("LSTM", ["x", "W", "R", "", "lens"], ["y", "hn", "cn"], hidden_size=H)
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph([node], "g", [vi("x", TensorProto.FLOAT, ["T", len(lens), I])],
+                          [vi(n, TensorProto.FLOAT, None) for n in ("y", "hn", "cn")], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def test_constant_sequence_lens(rng):
+    proto = _fixed_lens_graph(rng, [9, 4, 0])
+    model, io = import_onnx(proto)
+    assert io.fixed_lengths == (9, 4, 0) and not io.lengths
+    r = _agrees(proto, streamed=False)  # offline only: lengths below T do not stream
+    assert r["inputs"] == {"x": [9, 3, 5]}
+
+
+def test_constant_sequence_lens_must_be_lengths(rng):
+    proto = _fixed_lens_graph(rng, [9, 4])
+    proto.graph.initializer[-1].CopyFrom(numpy_helper.from_array(np.array([[9, 4]], np.int32), "lens"))
+    with pytest.raises(le.ModelError, match="constant sequence_lens of shape"):
+        import_onnx(proto)
