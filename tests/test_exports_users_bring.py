@@ -194,3 +194,22 @@ def test_constant_sequence_lens_must_be_lengths(rng):
     proto.graph.initializer[-1].CopyFrom(numpy_helper.from_array(np.array([[9, 4]], np.int32), "lens"))
     with pytest.raises(le.ModelError, match="constant sequence_lens of shape"):
         import_onnx(proto)
+
+
+# ---- item 3: bidirectional batch_first with a head ---------------------------------------------
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_bidirectional_batch_first_with_head(dynamo, B):
+    from torch_models import Net, export, numpy_args, torch, torch_out
+
+    torch.manual_seed(0)
+    net = Net(I=6, layers=1, bidirectional=True, batch_first=True, head=5, act="softmax").eval()
+    args = net.example(B=B)
+    proto = export(net, args, dynamo)
+    feeds = dict(zip(["x", "h0", "c0"], numpy_args(args)))
+    r = _agrees(proto, feeds, streamed=False)  # bidirectional: offline only
+    model, io = import_onnx(proto)
+    got = io.graph_outputs(*le.Engine(model).run(*io.engine_args(feeds, model)), model)
+    for name, want in zip(["y", "hn", "cn"], torch_out(net, args)):
+        assert np.abs(got[name] - want).max() <= 1e-4, name
+    assert r["inputs"]["x"] == [B, 9, 6]
