@@ -16,6 +16,7 @@ list of unsupported ops; select="lstm" keeps only the LSTM stack instead.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -171,11 +172,17 @@ class _Importer:
                                      f"model input or the LSTM before it ({e})") from None
                 if not isinstance(e, _Downstream):
                     self.problems.append((node.op_type, node.name, str(e)))
+                elif not self._handles(node.op_type):  # refused anyway: name it too
+                    self.problems.append((node.op_type, node.name, f"{node.op_type} on run-time data is not supported"))
                 outs = [Unknown(str(e))] * len(node.output)
             for name, v in zip(node.output, outs):
                 if name:
                     self.vals[name] = v
         return self._finish()
+
+    def _handles(self, op) -> bool:
+        """op can take run-time data (a handler, or a shortcut of _node for zero states)."""
+        return hasattr(self, "_op_" + op) or op in ("Constant", "Shape")
 
     def _needed(self) -> set:
         producers = {o: n for n in self.g.node for o in n.output}
@@ -935,9 +942,10 @@ class _Importer:
                 why = v.why if isinstance(v, Unknown) else "not the model output or the full final state"
                 bad_outputs.append((o.name, why))
         if self.problems and not self.select:
-            ops = sorted({p[0] for p in self.problems})
+            counts = Counter(p[0] for p in self.problems)
+            ops = ", ".join(f"{op} ({n} node{'s' if n > 1 else ''})" for op, n in sorted(counts.items()))
             detail = "; ".join(f"{op} {name!r}: {why}" for op, name, why in self.problems[:6])
-            raise ModelError(f"unsupported ops on the way to the outputs: {', '.join(ops)} ({detail}); "
+            raise ModelError(f"unsupported ops on the way to the outputs: {ops} ({detail}); "
                              "to run only the recurrent part in the engine use from_onnx(src, select='lstm')")
         if not self.layers:
             raise ModelError("no LSTM node found on the way to the graph's outputs")

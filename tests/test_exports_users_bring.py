@@ -213,3 +213,14 @@ def test_bidirectional_batch_first_with_head(dynamo, B):
     for name, want in zip(["y", "hn", "cn"], torch_out(net, args)):
         assert np.abs(got[name] - want).max() <= 1e-4, name
     assert r["inputs"]["x"] == [B, 9, 6]
+
+
+# ---- item 9: a refusal lists every unsupported op on the way to the outputs -------------------
+def test_refusal_lists_every_unsupported_op(rng):
+    pre = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["n"]),
+           helper.make_node("Abs", ["n"], ["x2"])]
+    Wh = numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "Wh")
+    proto = _lstm_graph(rng, [7, 1, 5], [helper.make_node("MatMul", ["frames", "Wh"], ["y"])], [Wh],
+                        pre=pre, lstm_in="x2")
+    with pytest.raises(le.ModelError, match=r"outputs: Abs \(2 nodes\), Neg \(1 node\) \(.*select='lstm'"):
+        import_onnx(proto)
