@@ -154,7 +154,11 @@ def test_info(rng, tmp_path, capsys):
     (["bench", "--against", "foo"], "unknown peer(s) ['foo']"),
     (["bench", "--threads", "0", "--hidden", "8", "--steps", "3", "--against", ""], "threads=0: expected a whole number"),
     (["frobnicate"], "invalid choice"),
-    (["bench", "--hidden", "x"], "invalid int value"),
+    (["bench", "--hidden", "x"], "invalid whole_number value"),
+    (["bench", "--chunk", "0"], "argument --chunk: expected a whole number >= 1, got 0"),
+    (["bench", "--hidden", "64", "0"], "argument --hidden: expected a whole number >= 1, got 0"),
+    (["bench", "--streams", "-1"], "argument --streams: expected a whole number >= 0, got -1"),
+    (["validate", "m.onnx", "--steps", "0"], "argument --steps: expected a whole number >= 1, got 0"),
 ])
 def test_errors_are_one_line_exit_2(argv, message, capsys):
     err = capsys.readouterr().err  # drop anything earlier
