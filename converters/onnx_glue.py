@@ -172,7 +172,7 @@ class GlueOps:
             self.embedding = Embedding(np.asarray(data.value))
             self.io.x = idx.source
             return Data("frames", idx.axes + ("F",), stage=0, source=idx.source)
-        if isinstance(data, Data) and data.kind in ("state", "raw3") and isinstance(idx, Const):
+        if self._stateish(data) and isinstance(idx, Const):
             d = self._as_state(data, axis)
             k = np.asarray(idx.value)
             if k.dtype.kind not in "iu" or k.ndim > 1:
@@ -183,14 +183,28 @@ class GlueOps:
             return replace(d, cells=cells, axes=axes)
         raise _Refuse("Gather on run-time data other than an embedding or a state cell")
 
+    def _stateish(self, v) -> bool:
+        """v is a state, or a graph input that may be one (used as state it is h0 or c0)."""
+        return isinstance(v, Data) and (v.kind in ("state", "raw3") or self._is_input2(v))
+
+    def _is_input2(self, v: Data) -> bool:
+        """A 2-D float graph input, frames until used as state: (S, P), an unbatched model's."""
+        return v.kind == "frames" and v.stage == 0 and bool(v.source) and \
+            len(self.input_dims.get(v.source) or ()) == 2
+
     def _as_state(self, v: Data, cell_axis):
-        """A raw 3-D graph input used as (S, B, P) state: it is h0 or c0. Its cells are a
-        range, not a tuple: a declared size of 10^12 costs nothing."""
+        """A raw 3-D graph input used as (S, B, P) state (or 2-D as (S, P), unbatched): it
+        is h0 or c0. Its cells are a range, not a tuple: a declared size of 10^12 costs nothing."""
         cell_axis = self._axis(cell_axis, len(v.axes), "state cell axis")
         if v.kind == "state":
             if self._lab(v.axes[cell_axis]) != "S":
                 raise _Refuse("indexing a state along an axis other than its cells")
             return v
+        if self._is_input2(v):
+            if cell_axis != 0 or v.axes[0] != "x0" or v.axes[-1] != "F":
+                raise _Refuse("a 2-D state input whose cells are not its first axis")
+            n = self.input_dims[v.source][0]
+            return Data("state", ("S",) + v.axes[1:-1] + ("P",), cells=range(n or _ALL), source=v.source)
         if v.axes != ("x0", "x1", "F"):
             raise _Refuse("a state input that was transposed before use")
         if cell_axis == 2:
@@ -218,7 +232,7 @@ class GlueOps:
             if axes != [0]:
                 raise _Refuse("Slice of a shape along a second axis")
             return ShapeVec(v.dims[slice(starts[0], ends[0], steps[0])])
-        if isinstance(v, Data) and v.kind in ("state", "raw3") and len(axes) == 1:
+        if self._stateish(v) and len(axes) == 1:
             d = self._as_state(v, axes[0])
             return replace(d, cells=d.cells[slice(starts[0], min(ends[0], _ALL), steps[0])])
         raise _Refuse("Slice of run-time data other than state cells")
@@ -226,7 +240,7 @@ class GlueOps:
     def _op_Split(self, node, ins, at):
         v = ins[0]
         axis = at.get("axis", 0)
-        if not (isinstance(v, Data) and v.kind in ("state", "raw3")):
+        if not self._stateish(v):
             raise _Refuse("Split of run-time data other than state cells")
         d = self._as_state(v, axis)
         split = at.get("split") if self.opset < 13 else (self._int_list(ins[1], "Split sizes") if len(ins) > 1 and ins[1] is not None else None)

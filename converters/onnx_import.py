@@ -402,7 +402,7 @@ class _Importer(GlueOps, LstmNode, HeadOps):
                 # a batch of 1 squeezed or merged away leaves no order to check
                 self._y_layout = None if "B" not in order else 1 if order[0] == "B" else 0
             elif isinstance(v, Data) and v.kind == "state" and v.which and _is_run(v.cells) and \
-                    self._axes(v) in (("S", "B", "P"), ("B", "S", "P")):
+                    self._axes(v) in ((("S", "B", "P"), ("B", "S", "P")) if self.io.batched else (("S", "P"),)):
                 getattr(self.io, v.which + "n").append((o.name, v.cells[0], len(v.cells)))
                 self.io.state_axes = self._axes(v)
             elif self.select:

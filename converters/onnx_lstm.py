@@ -139,12 +139,15 @@ class LstmNode:
     def _check_state(self, v, which, cells, layout, where, name):
         if v is None or isinstance(v, ZeroState) or (isinstance(v, Const) and not np.any(v.value)):
             mode = False
-        elif isinstance(v, Data) and v.kind in ("state", "raw3"):
+        elif self._stateish(v):
             d = self._as_state(v, 0 if layout == 0 else 1)
             local = d.cells if len(d.cells) != _ALL else range(len(cells))  # whole input
             want = ("S", "B", "P") if layout == 0 else ("B", "S", "P")
-            self.io.state_axes = want
-            axes = tuple("S" if self._lab(a) == "1" and len(local) == 1 else self._lab(a) for a in d.axes)
+            labs = [self._lab(a) for a in d.axes]
+            if not self.io.batched and len(labs) == 3 and labs[want.index("B")] == "1":
+                labs[want.index("B")] = "B"  # an unbatched model's (S, P) state, unsqueezed for the LSTM
+            self.io.state_axes = want if self.io.batched else ("S", "P")
+            axes = tuple("S" if lab == "1" and len(local) == 1 else lab for lab in labs)
             if axes != want or len(local) != len(cells) or not _is_run(local) or not d.source:
                 raise ModelError(f"{where}: initial_{which} is not a run of {len(cells)} cells of a graph "
                                  "input (the engine's state order is layer-major, forward before reverse)")

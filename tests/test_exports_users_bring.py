@@ -66,38 +66,48 @@ def test_gemm_with_trans_a_is_refused(rng):
 
 
 # ---- items 1+2: torch.onnx.export of an unbatched nn.LSTM + nn.Linear --------------------
-def _unbatched_net(head):
-    """nn.LSTM (+ nn.Linear) on x of shape (T, I): exporters wrap it in Unsqueeze/Squeeze."""
+def _unbatched_net(head, layers=1, bidirectional=False, state=False):
+    """nn.LSTM (+ nn.Linear) on x of shape (T, I), state (L*D, H): exporters wrap it in
+    Unsqueeze/Squeeze (and Slice the state). Returns the net and its example args."""
     from torch_models import torch
 
-    class Unbatched(torch.nn.Module):
-        state = False
+    D = 2 if bidirectional else 1
 
+    class Unbatched(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.lstm, self.lin = torch.nn.LSTM(6, 8), torch.nn.Linear(8, 4) if head else None
+            self.state = state
+            self.lstm = torch.nn.LSTM(6, 8, num_layers=layers, bidirectional=bidirectional)
+            self.lin = torch.nn.Linear(8 * D, 4) if head else None
 
-        def forward(self, x):
-            y = self.lstm(x)[0]
-            return self.lin(y) if head else y
+        def forward(self, x, h0=None, c0=None):
+            y, (h, c) = self.lstm(x) if h0 is None else self.lstm(x, (h0, c0))
+            y = self.lin(y) if head else y
+            return (y, h, c) if state else y
 
     torch.manual_seed(0)
-    return Unbatched().eval(), torch.randn(9, 6)
+    g = torch.Generator().manual_seed(1)
+    args = (torch.randn(9, 6, generator=g),) + tuple(torch.randn(layers * D, 8, generator=g) for _ in range(2 * state))
+    return Unbatched().eval(), args
 
 
+@pytest.mark.parametrize("cfg", [dict(), dict(layers=2, bidirectional=True, state=True), dict(layers=2, state=True)],
+                         ids=["plain", "2-layer-bidirectional-state", "2-layer-state"])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_unbatched_lstm_with_linear(dynamo):
-    from torch_models import export, torch
+def test_unbatched_lstm_with_linear(dynamo, cfg):
+    from torch_models import export, numpy_args, torch_out
 
-    net, x = _unbatched_net(head=True)
-    proto = export(net, (x,), dynamo)
+    net, args = _unbatched_net(head=True, **cfg)
+    proto = export(net, args, dynamo)
     model, io = import_onnx(proto)
     assert not io.batched and model.head is not None
-    r = _agrees(proto, {"x": x.numpy()})
-    with torch.no_grad():
-        want = net(x).numpy()
-    Y, _ = le.Engine(model).run(x.numpy())
-    assert np.abs(Y - want).max() <= 1e-4 and r["inputs"] == {"x": [9, 6]}
+    feeds = dict(zip(["x", "h0", "c0"], numpy_args(args)))
+    r = _agrees(proto, feeds, streamed=not cfg.get("bidirectional"))
+    got = io.graph_outputs(*le.Engine(model).run(*io.engine_args(feeds, model)), model)
+    for name, want in zip(["y", "hn", "cn"], torch_out(net, args)):
+        assert np.abs(got[name] - want).max() <= 1e-4, name
+    assert r["inputs"]["x"] == [9, 6]
+    _agrees(proto, streamed=not cfg.get("bidirectional"))  # random inputs shaped from the graph
 
 
 # ---- item 4: one of initial_h / initial_c given, the other absent (zeros) ------------------
@@ -162,8 +172,8 @@ def test_numpy_fallback_on_an_unbatched_export(head, monkeypatch):
 
     from lstm_engine import validate as v
 
-    net, x = _unbatched_net(head)
-    proto = export(net, (x,), dynamo=False)
+    net, args = _unbatched_net(head)
+    proto = export(net, args, dynamo=False)
     monkeypatch.setattr(v, "_session", lambda proto: (None, "made unavailable by the test"))
     r = validate(proto)
     assert r["pass"] and r["fallback"] and r["inputs"] == {"x": [9, 6]}, r
