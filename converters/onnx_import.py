@@ -20,6 +20,7 @@ onnx_head.py (the head), with what they share in onnx_common.py.
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import replace
 
@@ -462,4 +463,10 @@ def from_onnx(src, constants=None, select=None) -> Model:
     constants: arrays for graph inputs that hold weights (e.g. ONNX's backend tests).
     select="lstm": keep only the LSTM stack when the graph holds more than the engine runs.
     """
-    return import_onnx(src, constants, select)[0]
+    model, io = import_onnx(src, constants, select)
+    if io.fixed_lengths:  # a Model has no lengths of its own: they would be dropped unnoticed
+        warnings.warn(f"the graph's constant sequence_lens {list(io.fixed_lengths[:8])}"
+                      f"{' ...' if len(io.fixed_lengths) > 8 else ''} are not part of the Model: pass them "
+                      "as Engine.run(X, lengths=...), or use import_onnx, whose GraphIO.engine_args does",
+                      stacklevel=2)
+    return model

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lstm_engine as le
-from converters import import_onnx
+from converters import from_onnx, import_onnx
 from lstm_engine.validate import validate
 
 pytest.importorskip("onnxruntime")
@@ -197,6 +197,8 @@ def test_constant_sequence_lens(rng):
     assert io.fixed_lengths == (9, 4, 0) and not io.lengths
     r = _agrees(proto, streamed=False)  # offline only: lengths below T do not stream
     assert r["inputs"] == {"x": [9, 3, 5]}
+    with pytest.warns(UserWarning, match=r"constant sequence_lens \[9, 4, 0\] are not part of the Model"):
+        from_onnx(proto)
 
 
 def test_constant_sequence_lens_must_be_lengths(rng):
