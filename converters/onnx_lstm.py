@@ -99,8 +99,10 @@ class LstmNode:
             lab = self._lab(a)
             if lab.startswith("x"):
                 self.bind[a] = w
-            elif lab == "1" and w == "B":
-                self.io.batched = False
+            elif lab == "1" and w == "B" and stage == 0:
+                self.io.batched = False  # x has no batch axis: an Unsqueeze made it
+            elif lab == "1" and w == "B" and self._placeholder("B") == 1:
+                pass  # a batch of 1 that a Reshape between layers merged away
             elif lab != w:
                 raise ModelError(f"{where}: input axes {self._axes(x)} do not match layout={layout}")
         if stage == 0 and x.source and not self.io.x:
