@@ -236,3 +236,24 @@ def test_refusal_lists_every_unsupported_op(rng):
                         pre=pre, lstm_in="x2")
     with pytest.raises(le.ModelError, match=r"outputs: Abs \(2 nodes\), Neg \(1 node\) \(.*select='lstm'"):
         import_onnx(proto)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_unbatched_embedding_export(dynamo):
+    """Token ids of shape (T,) through Embedding + 2-layer LSTM + Linear + log_softmax."""
+    from torch_models import export, torch
+
+    class Tokens(torch.nn.Module):
+        state = False
+
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lstm, self.lin = torch.nn.Embedding(20, 6), torch.nn.LSTM(6, 8, num_layers=2), torch.nn.Linear(8, 20)
+
+        def forward(self, x):
+            return torch.log_softmax(self.lin(self.lstm(self.emb(x))[0]), -1)
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 20, (9,))
+    proto = export(Tokens().eval(), (x,), dynamo)
+    assert _agrees(proto, {"x": x.numpy()})["inputs"] == {"x": [9]}
