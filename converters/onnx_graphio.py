@@ -17,6 +17,7 @@ class GraphIO:
     layout: int = 0  # 0: x is (T, B, ...), 1: (B, T, ...)
     batched: bool = True  # False when x has no batch axis
     lengths: str = ""  # graph input of sequence_lens, if any
+    fixed_lengths: tuple = ()  # sequence_lens the graph holds as a constant, if any
     # state tensors: lists of (graph name, first cell, cells), cells in the engine's state order
     h0: list = field(default_factory=list)
     c0: list = field(default_factory=list)
@@ -32,12 +33,23 @@ class GraphIO:
         """Graph feeds -> (X, state, lengths) for Engine.run."""
         X = np.asarray(feeds[self.x])
         state = None
-        if self.h0:
-            s = self.state_axes.index("S")
-            state = tuple([np.take(np.asarray(feeds[name]), k, axis=s) for name, _, n in runs for k in range(n)]
-                          for runs in (self.h0, self.c0))
-        lengths = np.asarray(feeds[self.lengths]) if self.lengths else None
+        if self.h0 or self.c0:
+            lead = () if not self.batched else (X.shape[0 if self.layout == 1 else 1],)
+            state = tuple(self._cells(feeds, runs, [lead + (sz[k],) for sz in model.state_sizes])
+                          for k, runs in enumerate((self.h0, self.c0)))
+        lengths = np.asarray(feeds[self.lengths]) if self.lengths else \
+            np.array(self.fixed_lengths, np.int64) if self.fixed_lengths else None
         return X, state, lengths
+
+    def _cells(self, feeds, runs, shapes) -> list:
+        """One array per cell of h (or c): from the graph inputs of runs, zeros where the
+        LSTM leaves that state out (ONNX: a missing initial_h or initial_c is zero)."""
+        cells = [np.zeros(shape, np.float32) for shape in shapes]
+        s = self.state_axes.index("S")
+        for name, first, n in runs:
+            for k in range(n):
+                cells[first + k] = np.take(np.asarray(feeds[name]), k, axis=s)
+        return cells
 
     def graph_outputs(self, Y, state, model: Model) -> dict:
         """Engine.run results -> {graph output name: array in the graph's layout}."""
@@ -45,6 +57,8 @@ class GraphIO:
         if self.y:
             lead = ("B", "T") if model.layout == 1 else ("T", "B")
             axes, arr = list(lead if Y.ndim == 3 else lead[:1]), Y
+            if "B" in axes and "B" not in self.y_axes:  # the graph squeezed a batch of 1
+                arr, axes = arr.squeeze(axes.index("B")), [a for a in axes if a != "B"]
             if "D" in self.y_axes:  # the raw LSTM output: split F into (D, P)
                 top = model.layers[-1]
                 arr = arr.reshape(arr.shape[:-1] + (top.num_directions, top.proj_size))

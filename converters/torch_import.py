@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 import zlib
 
@@ -293,19 +294,40 @@ def _state_dict_to_model(t, prefix, head, embedding, head_activation, batch_firs
     emb = None
     if embedding is not None:
         emb = Embedding(_get(t, f"{embedding.rstrip('.')}.weight", 2, where))
+        used.add(f"{embedding.rstrip('.')}.weight")
     hd = None
     if head is not None:
         h = head.rstrip(".")
         bias = _get(t, f"{h}.bias", 1, where) if f"{h}.bias" in t else None
         hd = Head(_get(t, f"{h}.weight", 2, where), bias, head_activation)
+        used.update({f"{h}.weight", f"{h}.bias"})
     elif head_activation is not None:
         raise ModelError("head_activation needs head=<prefix of the nn.Linear>")
     if head_activation not in HEAD_ACTIVATIONS:
         raise ModelError(f"head_activation {head_activation!r} is not one of {HEAD_ACTIVATIONS}")
+    _warn_unused(t, used, layers, where)
     try:
         return Model(layers, emb, hd, 1 if batch_first else 0)
     except ModelError as e:
         raise ModelError(f"{where}: {e}") from None
+
+
+def _warn_unused(t, used, layers, where):
+    """Name the tensors the model leaves out, and the option that would take each module
+    in: a state dict of Embedding + LSTM + Linear must not pass for a bare LSTM unnoticed.
+    A warning, not an error: taking one LSTM out of a bigger network is a fair use."""
+    unused = [k for k in t if k not in used]
+    if not unused:
+        return
+    hints = []
+    for mod in dict.fromkeys(k.rpartition(".")[0] for k in unused if k.endswith(".weight")):
+        w = np.asarray(t[f"{mod}.weight"])
+        if w.ndim == 2 and w.shape[1] == layers[0].input_size and f"{mod}.bias" not in t:
+            hints.append(f"embedding={mod!r}")
+        elif w.ndim == 2 and w.shape[1] == layers[-1].output_size:
+            hints.append(f"head={mod!r}")
+    warnings.warn(f"{where}: tensors not used by the model: {unused[:10]}{' ...' if len(unused) > 10 else ''}"
+                  + (f"; from_torch(..., {', '.join(hints)}) would use them" if hints else ""), stacklevel=4)
 
 
 def from_torch(src, prefix=None, head=None, embedding=None, head_activation=None,

@@ -40,6 +40,13 @@ class Activation:
     alpha: float = 0.0
     beta: float = 0.0
 
+    def __post_init__(self):
+        # any case names the function, as in make() and ONNX files; an unknown name stays
+        # as given for Model to refuse with the list of names
+        canon = _BY_LOWER.get(self.name.lower()) if isinstance(self.name, str) else None
+        if canon is not None:
+            object.__setattr__(self, "name", canon)
+
     @property
     def code(self) -> int:
         return _TABLE[self.name][0]

@@ -58,8 +58,6 @@ def _bench(args) -> int:
     bad = [a for a in against if a not in bench.PEERS]
     if bad:
         raise ValueError(f"--against: unknown peer(s) {bad}; choose from {','.join(bench.PEERS)}")
-    if args.streams < 0:
-        raise ValueError(f"--streams: expected a number of streams >= 0, got {args.streams}")
     info = bench.machine_info()
     if args.model:
         models = [(args.model, _load_any(args.model))]
@@ -108,7 +106,9 @@ def _validate(args) -> int:
         print("(not streamed: the model runs in reverse, or the inputs use sequence lengths)")
     if res["unchecked_outputs"]:
         print(f"not compared: {res['unchecked_outputs']} (not mapped onto the engine)")
-    print(f"{'PASS' if res['pass'] else 'FAIL'} (tolerance {res['tol']:g} on max abs error)")
+    against = "" if not res["fallback"] else \
+        f" against lstm-engine's own float64 reference, NOT onnxruntime (onnxruntime: {res['fallback']})"
+    print(f"{'PASS' if res['pass'] else 'FAIL'}{against} (tolerance {res['tol']:g} on max abs error)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
@@ -220,20 +220,31 @@ def _add_converter_options(p):
     g.add_argument("--batch-first", action="store_true", help="PyTorch: the nn.LSTM was batch_first")
 
 
+def _whole(minimum):
+    """argparse type: a whole number >= minimum; anything else is argparse's one-line error
+    (a size of 0 would otherwise fail deep inside NumPy with a message about arrays)."""
+    def whole_number(text):
+        n = int(text)
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {n}")
+        return n
+    return whole_number
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lstm-engine", description="Fast batch-1 LSTM inference on the CPU")
     p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("bench", help="time lstm-engine against its peers on this machine")
-    b.add_argument("--hidden", type=int, nargs="+", default=[64, 256, 1024], help="hidden sizes (default 64 256 1024)")
-    b.add_argument("--input", type=int, default=None, help="input size (default: equal to hidden)")
-    b.add_argument("--layers", type=int, default=1)
-    b.add_argument("--steps", type=int, default=2000, help="timed steps per system and size")
-    b.add_argument("--chunk", type=int, default=100, help="frames per chunked run (T)")
+    b.add_argument("--hidden", type=_whole(1), nargs="+", default=[64, 256, 1024], help="hidden sizes (default 64 256 1024)")
+    b.add_argument("--input", type=_whole(1), default=None, help="input size (default: equal to hidden)")
+    b.add_argument("--layers", type=_whole(1), default=1)
+    b.add_argument("--steps", type=_whole(1), default=2000, help="timed steps per system and size")
+    b.add_argument("--chunk", type=_whole(1), default=100, help="frames per chunked run (T)")
     b.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int8-dynamic"])
     b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--streams", type=int, default=0, metavar="N",
+    b.add_argument("--streams", type=_whole(0), default=0, metavar="N",
                    help="also time one frame for each of N streams per call (Engine.step_many vs batch N)")
     b.add_argument("--model", help="bench this model file instead of the default sizes")
     b.add_argument("--against", default="ort,torch,openvino", help="peers, comma-separated (ort,torch,openvino)")
@@ -244,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check an ONNX model against onnxruntime")
     v.add_argument("model")
     v.add_argument("--inputs", help=".npz keyed by graph input names (default: random, shaped from the graph)")
-    v.add_argument("--steps", type=int, default=100, help="time steps of random inputs")
+    v.add_argument("--steps", type=_whole(1), default=100, help="time steps of random inputs")
     v.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int8-dynamic"],
                    help="the engine's weights (the reference stays fp32): how much does bf16 / int8 move my model?")
     v.add_argument("--tol", type=float, default=None,

@@ -17,6 +17,8 @@ def _dims(vi):
 def random_inputs(proto, model, io, steps=100, batch=2, seed=0) -> dict:
     """Inputs shaped from the graph: static dims as declared, time = steps, batch = batch."""
     rng = np.random.default_rng(seed)
+    if io.fixed_lengths:  # the graph's constant sequence_lens fix the batch and bound time
+        batch, steps = len(io.fixed_lengths), max(steps, *io.fixed_lengths)
     inits = {t.name for t in proto.graph.initializer}
     feeds = {}
     T = B = None
@@ -48,27 +50,74 @@ def random_inputs(proto, model, io, steps=100, batch=2, seed=0) -> dict:
     return feeds
 
 
-def _reference_outputs(proto, feeds, model, io):
-    """onnxruntime on the original graph; if it refuses, the float64 NumPy reference.
+def _declared(proto, feeds) -> dict:
+    """feeds cast to the element types the graph declares: an .npz of float64 frames is
+    what NumPy writes by default, and onnxruntime refuses any type but the declared one."""
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.input}
+    out = {}
+    for name, v in feeds.items():
+        if name not in types:
+            raise ModelError(f"input {name!r} is not a graph input (inputs: {list(types)})")
+        v = np.asarray(v)
+        if not types[name]:  # the graph leaves the type open
+            out[name] = v
+            continue
+        want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(types[name]))
+        if (v.dtype.kind in "iu") != (want.kind in "iu") or v.dtype.kind not in "iuf":
+            raise ModelError(f"input {name!r} holds {v.dtype}; the graph declares {want}")
+        out[name] = v.astype(want, copy=False)
+    return out
+
+
+def _session(proto):
+    """(onnxruntime session on proto, its version), or (None, why onnxruntime cannot load it).
     proto: from load_proto, so external data is already inside, read with its checks."""
     try:
         import onnxruntime as ort
+    except ImportError:
+        return None, "onnxruntime is not installed"
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    p.ir_version = min(p.ir_version, 10)  # onnxruntime reads IR <= 10 reliably
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    try:
+        return ort.InferenceSession(p.SerializeToString(), so, providers=["CPUExecutionProvider"]), ort.__version__
+    except Exception as e:  # refuses the graph (layout=1, ...)
+        return None, str(e).splitlines()[0][:160]
 
-        p = onnx.ModelProto()
-        p.CopyFrom(proto)
-        p.ir_version = min(p.ir_version, 10)  # onnxruntime reads IR <= 10 reliably
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(p.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        names = [o.name for o in proto.graph.output]
-        return dict(zip(names, sess.run(None, feeds))), f"onnxruntime {ort.__version__} on the original graph"
-    except Exception as e:  # not installed, or refuses the graph (layout=1, ...)
-        why = str(e).splitlines()[0][:160] if not isinstance(e, ImportError) else "not installed"
-        X, state, lengths = io.engine_args(feeds, model)
-        h0 = None if state is None else [np.asarray(a) for a in state[0]]
-        c0 = None if state is None else [np.asarray(a) for a in state[1]]
-        Y, st = reference.run(model, X, h0, c0, lengths)
-        return io.graph_outputs(Y, st, model), f"lstm-engine's float64 reference (onnxruntime: {why})"
+
+def _reference_outputs(proto, feeds, model, io):
+    """(outputs, reference name, why onnxruntime was not the reference or None).
+    onnxruntime on the original graph; only when it cannot load the graph, the float64
+    NumPy reference on the converted model. A graph onnxruntime loads but cannot run on
+    these inputs is an error: falling back then would hide a wrong input."""
+    sess, why = _session(proto)
+    if sess is not None:
+        try:
+            out = sess.run(None, feeds)
+        except Exception as e:
+            raise ModelError(f"onnxruntime cannot run the graph on these inputs: {str(e).splitlines()[0][:300]}") from None
+        return dict(zip([o.name for o in proto.graph.output], out)), f"onnxruntime {why} on the original graph", None
+    try:
+        return _numpy_reference(model, io, feeds), f"lstm-engine's float64 reference, NOT onnxruntime (onnxruntime: {why})", why
+    except Exception as e:  # inputs the converted model cannot take either
+        raise ModelError(f"no reference to compare with: onnxruntime cannot load the graph ({why}) and "
+                         f"lstm-engine's float64 reference cannot run these inputs ({type(e).__name__}: {e})") from None
+
+
+def _numpy_reference(model, io, feeds) -> dict:
+    """reference.run, which takes batches: an unbatched input runs as a batch of one."""
+    X, state, lengths = io.engine_args(feeds, model)
+    h0, c0 = (None, None) if state is None else state
+    lone = 1 - model.layout  # the batch axis reference.run expects
+    if not io.batched:
+        X = np.expand_dims(X, lone)
+        h0, c0 = ([np.asarray(a)[None] for a in cells] if cells is not None else None for cells in (h0, c0))
+    Y, (h, c) = reference.run(model, X, h0, c0, lengths)
+    if not io.batched:
+        Y, h, c = Y.squeeze(lone), [a[0] for a in h], [a[0] for a in c]
+    return io.graph_outputs(Y, (h, c), model)
 
 
 def _streamed(engine, model, X, state, batched):
@@ -109,8 +158,8 @@ def validate(src, inputs=None, steps=100, tol=None, batch=2, seed=0, precision="
     tol = TOLERANCES[precision] if tol is None else tol
     proto = load_proto(src)  # parsed once: onnxruntime and the converter share it
     model, io = import_proto(proto)
-    feeds = dict(inputs) if inputs is not None else random_inputs(proto, model, io, steps, batch, seed)
-    ref, ref_name = _reference_outputs(proto, feeds, model, io)
+    feeds = _declared(proto, inputs if inputs is not None else random_inputs(proto, model, io, steps, batch, seed))
+    ref, ref_name, fallback = _reference_outputs(proto, feeds, model, io)
     engine = Engine(model, precision=precision)
     X, state, lengths = io.engine_args(feeds, model)
     runs = {"offline": engine.run(X, state, lengths)}
@@ -134,6 +183,7 @@ def validate(src, inputs=None, steps=100, tol=None, batch=2, seed=0, precision="
             rows.append({"output": name, "mode": mode, "max_abs": max_abs, "max_rel": max_rel,
                          "pass": bool(max_abs <= tol)})
     shape = {k: list(np.shape(v)) for k, v in feeds.items()}
-    return {"model": str(src), "reference": ref_name, "precision": precision, "tol": tol, "inputs": shape,
+    return {"model": "<ModelProto>" if isinstance(src, onnx.ModelProto) else str(src), "reference": ref_name,
+            "fallback": fallback, "precision": precision, "tol": tol, "inputs": shape,
             "streamed": "stream" in runs, "unchecked_outputs": [n for n in ref if not any(r["output"] == n for r in rows)],
             "results": rows, "pass": bool(rows) and all(r["pass"] for r in rows)}

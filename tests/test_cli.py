@@ -104,7 +104,10 @@ def test_validate_layout1_falls_back_to_reference(rng, tmp_path, capsys):
     m.ir_version = 9
     onnx.save(m, tmp_path / "l1.onnx")
     assert main(["validate", str(tmp_path / "l1.onnx")]) == 0
-    assert "float64 reference (onnxruntime:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "float64 reference, NOT onnxruntime (onnxruntime:" in out
+    # the verdict line says so too: a PASS against its own reference is no PASS against onnxruntime
+    assert out.strip().splitlines()[-1].startswith("PASS against lstm-engine's own float64 reference, NOT onnxruntime")
 
 
 def test_convert_round_trips(rng, tmp_path, capsys):
@@ -151,7 +154,11 @@ def test_info(rng, tmp_path, capsys):
     (["bench", "--against", "foo"], "unknown peer(s) ['foo']"),
     (["bench", "--threads", "0", "--hidden", "8", "--steps", "3", "--against", ""], "threads=0: expected a whole number"),
     (["frobnicate"], "invalid choice"),
-    (["bench", "--hidden", "x"], "invalid int value"),
+    (["bench", "--hidden", "x"], "invalid whole_number value"),
+    (["bench", "--chunk", "0"], "argument --chunk: expected a whole number >= 1, got 0"),
+    (["bench", "--hidden", "64", "0"], "argument --hidden: expected a whole number >= 1, got 0"),
+    (["bench", "--streams", "-1"], "argument --streams: expected a whole number >= 0, got -1"),
+    (["validate", "m.onnx", "--steps", "0"], "argument --steps: expected a whole number >= 1, got 0"),
 ])
 def test_errors_are_one_line_exit_2(argv, message, capsys):
     err = capsys.readouterr().err  # drop anything earlier

@@ -47,14 +47,15 @@ EXPORTS = {
 }
 
 
+@pytest.mark.parametrize("B", [3, 1], ids=["batch3", "batch1"])  # exports fix the batch: 1 squeezes away
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", EXPORTS)
-def test_torch_exports(name, dynamo):
+def test_torch_exports(name, dynamo, B):
     from torch_models import Net, export, numpy_args, ort_session, torch_out, torch
 
     torch.manual_seed(0)
     net = Net(**EXPORTS[name]).eval()
-    args = net.example()
+    args = net.example(B=B)
     proto = export(net, args, dynamo)
     model, io = import_onnx(proto)
     feeds = dict(zip(["x", "h0", "c0"], numpy_args(args)))

@@ -75,12 +75,29 @@ def test_embedding_and_head_by_prefix():
     assert maxdiff(np.stack([s.step(int(t)) for t in ids[:, 1]]), want[:, 1]) <= TOL
 
 
+def test_unused_tensors_are_named(tmp_path):
+    """An Embedding + LSTM + Linear state dict loaded without embedding= / head= would run as
+    a bare LSTM: the warning names the tensors left out and the options that take them."""
+    import warnings
+
+    sd = Tagger().state_dict()
+    torch.save(sd, tmp_path / "tagger.pt")
+    for load in (lambda: from_torch(sd), lambda: le.load(tmp_path / "tagger.pt")):
+        with pytest.warns(UserWarning, match=r"not used by the model: \['emb.weight', 'out.weight', 'out.bias'\]; "
+                                             r"from_torch\(\.\.\., embedding='emb', head='out'\)"):
+            assert load().head is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_torch(sd, head="out", embedding="emb")
+
+
 def test_prefix_choice():
     a, b = torch.nn.LSTM(3, 4), torch.nn.LSTM(4, 5)
     sd = {**{"enc." + k: v for k, v in a.state_dict().items()}, **{"dec." + k: v for k, v in b.state_dict().items()}}
     with pytest.raises(le.ModelError, match=r"several LSTMs: \['dec.', 'enc.'\]"):
         from_torch(sd)
-    assert from_torch(sd, prefix="dec").layers[0].hidden_size == 5
+    with pytest.warns(UserWarning, match=r"not used by the model: \['enc.weight_ih_l0'"):
+        assert from_torch(sd, prefix="dec").layers[0].hidden_size == 5
     with pytest.raises(le.ModelError, match="no LSTM under prefix 'mid.'"):
         from_torch(sd, prefix="mid")
     with pytest.raises(le.ModelError, match="no nn.LSTM"):
