@@ -219,7 +219,7 @@ def test_bench_a_model_file(rng, tmp_path, capsys):
     assert "model lstm-engine 2" in " ".join(cap.out.split()) and "disagrees" not in cap.err
 
 
-@pytest.mark.parametrize("precision, nbytes", [("bf16", 2), ("int8", 1)])
+@pytest.mark.parametrize("precision, nbytes", [("bf16", 2), ("int8", 1), ("int8-dynamic", 1)])
 def test_bench_precision(tmp_path, capsys, precision, nbytes):
     assert main(["bench", "--hidden", "16", "--steps", "20", "--chunk", "4", "--against", "ort",
                  "--precision", precision, "--json", str(tmp_path / "b.json")]) == 0
