@@ -166,7 +166,7 @@ def test_int8_dynamic_gemm(rng, K, frames):
     """Integer dot products (vpdpbusd where the CPU has it) then the rescale: exactly
     the quantised weights times the quantised frames, up to float32 rounding."""
     W = rng.standard_normal((G + 5, K)).astype(np.float32)
-    X = rng.standard_normal((frames, K)).astype(np.float32) * np.linspace(0.01, 10, frames)[:, None]
+    X = (rng.standard_normal((frames, K)) * np.linspace(0.01, 10, frames)[:, None]).astype(np.float32)
     X[0, 0] = 0 if K > 1 else X[0, 0]
     p = packing.panel(W, 2 * G, simd.Q8)
     out = np.full((frames, G + 8), 7.0, np.float32)

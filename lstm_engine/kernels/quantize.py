@@ -8,11 +8,13 @@ numba compiles only the branch of the panel's dtype.
 """
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from .config import FLAGS
-from .simd import I8_EXTRA, Q8_EXTRA, Q8_ZERO
+from .simd import I8_EXTRA, Q8_EXTRA, Q8_ZERO, WIDTH
 
 _OPTS = {k: v for k, v in FLAGS.items() if k != "cache"}
 
@@ -85,17 +87,104 @@ def _group_cols(p, K):
 @numba.njit(**dict(_OPTS, fastmath=False, cache=True))  # exact IEEE: the same bits wherever it is inlined
 def _quantise_row(x, out):
     """out[:K] = round(x / s) + Q8_ZERO (K4 - K zeros after), out[K4:K4 + 4] = s as
-    float32 bytes, with s = max|x| / 127 (1 for a row of zeros)."""
+    float32 bytes, with s = max|x| / 127 (1 for a row of zeros). Whole vectors in IR,
+    the rest here, with the same IEEE operations."""
     K = x.shape[0]
-    amax = np.float32(0.0)
-    for k in range(K):
+    nvec = K // WIDTH
+    amax = _absmax(x, nvec)
+    for k in range(nvec * WIDTH, K):
         amax = max(amax, abs(x[k]))
     s = amax / np.float32(127.0) if amax > 0 else np.float32(1.0)
     inv = np.float32(1.0) / s
-    for k in range(K):
+    _round_shift(x, out, nvec, inv)
+    for k in range(nvec * WIDTH, K):
         out[k] = np.uint8(np.int32(np.rint(x[k] * inv)) + Q8_ZERO)
     k4 = out.shape[0] - 4
     for k in range(K, k4):
         out[k] = Q8_ZERO
     out[k4:].view(np.float32)[0] = s
 
+
+# numba's fastmath flags every unflagged float operation of a module; these carry "nsz"
+# (harmless here) so the rounding stays IEEE wherever they are inlined
+_EXACT = ("nsz",)
+_V = ir.VectorType(ir.FloatType(), WIDTH)
+_VI32 = ir.VectorType(ir.IntType(32), WIDTH)
+_I64 = ir.IntType(64)
+
+
+def _vector_loop(builder, nvec, body, init):
+    """for v in range(nvec): acc = body(v, acc); returns acc (init when nvec == 0)."""
+    entry = builder.basic_block
+    loop = builder.append_basic_block("q.loop")
+    done = builder.append_basic_block("q.done")
+    builder.cbranch(builder.icmp_signed(">", nvec, ir.Constant(_I64, 0)), loop, done)
+    builder.position_at_end(loop)
+    v = builder.phi(_I64)
+    acc = builder.phi(init.type)
+    v.add_incoming(ir.Constant(_I64, 0), entry)
+    acc.add_incoming(init, entry)
+    new = body(v, acc)
+    v2 = builder.add(v, ir.Constant(_I64, 1))
+    back = builder.basic_block
+    v.add_incoming(v2, back)
+    acc.add_incoming(new, back)
+    builder.cbranch(builder.icmp_signed("<", v2, nvec), loop, done)
+    builder.position_at_end(done)
+    out = builder.phi(init.type)
+    out.add_incoming(init, entry)
+    out.add_incoming(new, back)
+    return out
+
+
+def _vec_at(builder, data, v, vtype):
+    return builder.bitcast(builder.gep(data, [builder.mul(v, ir.Constant(_I64, WIDTH))]), vtype.as_pointer())
+
+
+@intrinsic
+def _absmax(typingctx, x, nvec):
+    """max |x[k]| over k < nvec * WIDTH (x C-contiguous float32; 0 when nvec is 0)."""
+    if x.dtype != types.float32 or x.layout != "C":
+        raise TypeError("_absmax takes a C-contiguous float32 array")
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V]), f"llvm.fabs.v{WIDTH}f32")
+        vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V, _V]),
+                                              f"llvm.maxnum.v{WIDTH}f32")
+        hmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.FloatType(), [_V]),
+                                              f"llvm.vector.reduce.fmax.v{WIDTH}f32")
+
+        def body(v, acc):
+            return builder.call(vmax, [acc, builder.call(fabs, [builder.load(_vec_at(builder, data, v, _V), align=4)])])
+
+        return builder.call(hmax, [_vector_loop(builder, args[1], body, ir.Constant(_V, [0.0] * WIDTH))])
+
+    return types.float32(x, nvec), codegen
+
+
+@intrinsic
+def _round_shift(typingctx, x, out, nvec, inv):
+    """out[k] = rint(x[k] * inv) + Q8_ZERO as uint8, for k < nvec * WIDTH."""
+    if x.dtype != types.float32 or out.dtype != types.uint8 or x.layout != "C" or out.layout != "C":
+        raise TypeError("_round_shift takes float32 x and uint8 out, C-contiguous")
+
+    def codegen(context, builder, signature, args):
+        xd = context.make_array(signature.args[0])(context, builder, args[0]).data
+        od = context.make_array(signature.args[1])(context, builder, args[1]).data
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V]), f"llvm.rint.v{WIDTH}f32")
+        iv = builder.insert_element(ir.Constant(_V, ir.Undefined), args[3], ir.Constant(ir.IntType(32), 0))
+        ivec = builder.shuffle_vector(iv, ir.Constant(_V, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH))
+        vu8 = ir.VectorType(ir.IntType(8), WIDTH)
+
+        def body(v, acc):
+            xv = builder.load(_vec_at(builder, xd, v, _V), align=4)
+            q = builder.fptosi(builder.call(rint, [builder.fmul(xv, ivec, flags=_EXACT)]), _VI32)
+            q = builder.add(q, ir.Constant(_VI32, [Q8_ZERO] * WIDTH))
+            builder.store(builder.trunc(q, vu8), _vec_at(builder, od, v, vu8), align=1)
+            return acc
+
+        _vector_loop(builder, args[2], body, ir.Constant(_I64, 0))
+        return context.get_dummy_value()
+
+    return types.void(x, out, nvec, inv), codegen
