@@ -14,7 +14,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import FLAGS
-from .simd import I8_EXTRA, Q8_EXTRA, Q8_ZERO, WIDTH
+from .simd import I8_EXTRA, Q8_EXTRA, Q8_ZERO, WIDTH, counted_loop
 
 _OPTS = {k: v for k, v in FLAGS.items() if k != "cache"}
 
@@ -113,30 +113,6 @@ _VI32 = ir.VectorType(ir.IntType(32), WIDTH)
 _I64 = ir.IntType(64)
 
 
-def _vector_loop(builder, nvec, body, init):
-    """for v in range(nvec): acc = body(v, acc); returns acc (init when nvec == 0)."""
-    entry = builder.basic_block
-    loop = builder.append_basic_block("q.loop")
-    done = builder.append_basic_block("q.done")
-    builder.cbranch(builder.icmp_signed(">", nvec, ir.Constant(_I64, 0)), loop, done)
-    builder.position_at_end(loop)
-    v = builder.phi(_I64)
-    acc = builder.phi(init.type)
-    v.add_incoming(ir.Constant(_I64, 0), entry)
-    acc.add_incoming(init, entry)
-    new = body(v, acc)
-    v2 = builder.add(v, ir.Constant(_I64, 1))
-    back = builder.basic_block
-    v.add_incoming(v2, back)
-    acc.add_incoming(new, back)
-    builder.cbranch(builder.icmp_signed("<", v2, nvec), loop, done)
-    builder.position_at_end(done)
-    out = builder.phi(init.type)
-    out.add_incoming(init, entry)
-    out.add_incoming(new, back)
-    return out
-
-
 def _vec_at(builder, data, v, vtype):
     return builder.bitcast(builder.gep(data, [builder.mul(v, ir.Constant(_I64, WIDTH))]), vtype.as_pointer())
 
@@ -155,10 +131,12 @@ def _absmax(typingctx, x, nvec):
         hmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.FloatType(), [_V]),
                                               f"llvm.vector.reduce.fmax.v{WIDTH}f32")
 
-        def body(v, acc):
-            return builder.call(vmax, [acc, builder.call(fabs, [builder.load(_vec_at(builder, data, v, _V), align=4)])])
+        def body(v, accs):
+            x = builder.load(_vec_at(builder, data, v, _V), align=4)
+            return [builder.call(vmax, [accs[0], builder.call(fabs, [x])])]
 
-        return builder.call(hmax, [_vector_loop(builder, args[1], body, ir.Constant(_V, [0.0] * WIDTH))])
+        [amax] = counted_loop(builder, args[1], [ir.Constant(_V, [0.0] * WIDTH)], body, "absmax")
+        return builder.call(hmax, [amax])
 
     return types.float32(x, nvec), codegen
 
@@ -177,14 +155,14 @@ def _round_shift(typingctx, x, out, nvec, inv):
         ivec = builder.shuffle_vector(iv, ir.Constant(_V, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH))
         vu8 = ir.VectorType(ir.IntType(8), WIDTH)
 
-        def body(v, acc):
+        def body(v, _):
             xv = builder.load(_vec_at(builder, xd, v, _V), align=4)
             q = builder.fptosi(builder.call(rint, [builder.fmul(xv, ivec, flags=_EXACT)]), _VI32)
             q = builder.add(q, ir.Constant(_VI32, [Q8_ZERO] * WIDTH))
             builder.store(builder.trunc(q, vu8), _vec_at(builder, od, v, vu8), align=1)
-            return acc
+            return []
 
-        _vector_loop(builder, args[2], body, ir.Constant(_I64, 0))
+        counted_loop(builder, args[2], [], body, "round")
         return context.get_dummy_value()
 
     return types.void(x, out, nvec, inv), codegen

@@ -224,6 +224,34 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
         builder.store(r, q, align=4)
 
 
+def counted_loop(builder, n, inits, body, name):
+    """Emit `for i in range(n): values = body(i, values)` at the builder, the values
+    carried in registers (phis); returns them after the loop (inits when n <= 0)."""
+    entry = builder.basic_block
+    loop = builder.append_basic_block(f"{name}.loop")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed(">", n, ir.Constant(n.type, 0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(n.type)
+    vals = [builder.phi(v.type) for v in inits]
+    i.add_incoming(ir.Constant(n.type, 0), entry)
+    for v, v0 in zip(vals, inits):
+        v.add_incoming(v0, entry)
+    new = body(i, vals)
+    i2 = builder.add(i, ir.Constant(n.type, 1))
+    back = builder.basic_block
+    i.add_incoming(i2, back)
+    for v, v1 in zip(vals, new):
+        v.add_incoming(v1, back)
+    builder.cbranch(builder.icmp_signed("<", i2, n), loop, done)
+    builder.position_at_end(done)
+    outs = [builder.phi(v.type) for v in inits]
+    for o, v0, v1 in zip(outs, inits, new):
+        o.add_incoming(v0, entry)
+        o.add_incoming(v1, back)
+    return outs
+
+
 def _dot4(builder, acc, xq, w):
     """acc + the sums of four u8 (xq) x s8 (w) products in every 32-bit lane."""
     if ISA.vnni:
@@ -253,44 +281,28 @@ def _emit_q8(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nfr
     gbase = [builder.gep(wdata, [builder.add(poff, builder.mul(gstride, c(g)))]) for g in range(ngroups)]
     nq = builder.lshr(k4, c(2))
     zero = ir.Constant(_VI32, [0] * WIDTH)
-    entry = builder.basic_block
-    loop = builder.append_basic_block(f"q8.loop{nframes}")
-    end = builder.append_basic_block(f"q8.store{nframes}")
-    builder.cbranch(builder.icmp_signed(">", nq, c(0)), loop, end)
 
-    builder.position_at_end(loop)
-    q = builder.phi(_I64)
-    accs = [builder.phi(_VI32) for _ in range(nacc)]
-    q.add_incoming(c(0), entry)
-    for a in accs:
-        a.add_incoming(zero, entry)
-    xs = []
-    for f in range(nframes):
-        quad = builder.load(builder.bitcast(builder.gep(xbase[f], [builder.mul(q, c(4))]), _I32.as_pointer()), align=1)
-        xs.append(builder.shuffle_vector(builder.insert_element(ir.Constant(_VI32, ir.Undefined), quad,
-                                                                 ir.Constant(_I32, 0)),
-                                         ir.Constant(_VI32, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH)))
-    off = builder.mul(q, c(4 * GROUP))
-    new = list(accs)
-    for g in range(ngroups):
-        row = builder.gep(gbase[g], [off])
-        for j in range(4):
-            w = builder.load(builder.bitcast(builder.gep(row, [c(4 * WIDTH * j)]), _VI32.as_pointer()), align=1)
-            for f in range(nframes):
-                i = (f * ngroups + g) * 4 + j
-                new[i] = _dot4(builder, new[i], xs[f], w)
-    q2 = builder.add(q, c(1))
-    back = builder.basic_block
-    q.add_incoming(q2, back)
-    for a, v in zip(accs, new):
-        a.add_incoming(v, back)
-    builder.cbranch(builder.icmp_signed("<", q2, nq), loop, end)
+    def quad(q, accs):
+        """Columns 4q .. 4q+3: one broadcast per frame, one weight load feeds every frame."""
+        xs = []
+        for f in range(nframes):
+            xq = builder.load(builder.bitcast(builder.gep(xbase[f], [builder.mul(q, c(4))]), _I32.as_pointer()),
+                              align=1)
+            xs.append(builder.shuffle_vector(builder.insert_element(ir.Constant(_VI32, ir.Undefined), xq,
+                                                                     ir.Constant(_I32, 0)),
+                                             ir.Constant(_VI32, ir.Undefined), ir.Constant(_VI32, [0] * WIDTH)))
+        off = builder.mul(q, c(4 * GROUP))
+        new = list(accs)
+        for g in range(ngroups):
+            row = builder.gep(gbase[g], [off])
+            for j in range(4):
+                w = builder.load(builder.bitcast(builder.gep(row, [c(4 * WIDTH * j)]), _VI32.as_pointer()), align=1)
+                for f in range(nframes):
+                    i = (f * ngroups + g) * 4 + j
+                    new[i] = _dot4(builder, new[i], xs[f], w)
+        return new
 
-    builder.position_at_end(end)
-    res = [builder.phi(_VI32) for _ in range(nacc)]
-    for r, v in zip(res, new):
-        r.add_incoming(zero, entry)
-        r.add_incoming(v, back)
+    res = counted_loop(builder, nq, [zero] * nacc, quad, f"q8.{nframes}")
     vload = lambda ptr, t: builder.load(builder.bitcast(ptr, t.as_pointer()), align=1)
     tail = [builder.gep(gbase[g], [builder.mul(k4, c(GROUP))]) for g in range(ngroups)]
     scales = [[vload(builder.gep(tail[g], [c(4 * WIDTH * j)]), _V) for j in range(4)] for g in range(ngroups)]

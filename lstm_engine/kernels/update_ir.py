@@ -13,7 +13,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .isa import ISA
-from .simd import WIDTH
+from .simd import WIDTH, counted_loop
 
 _F32 = ir.FloatType()
 _V = ir.VectorType(_F32, WIDTH)
@@ -104,41 +104,35 @@ def update_std(typingctx, gb, pb, pi, po, pf, c, m, nvec, bound, iforget):
         forget = builder.icmp_unsigned("!=", builder.zext(ifg, _I64) if ifg.type != _I64 else ifg,
                                        ir.Constant(_I64, 0))
         math = _Math(builder)
-        entry = builder.basic_block
-        loop = builder.append_basic_block("upd.loop")
-        done = builder.append_basic_block("upd.done")
-        builder.cbranch(builder.icmp_signed(">", nv, ir.Constant(_I64, 0)), loop, done)
-        builder.position_at_end(loop)
-        v = builder.phi(_I64)
-        v.add_incoming(ir.Constant(_I64, 0), entry)
-        j = builder.mul(v, ir.Constant(_I64, WIDTH))
-
-        def at(p, off):
-            return builder.bitcast(builder.gep(p, [builder.add(j, off)]), _V.as_pointer())
-
-        def load(p, off=None):
-            return builder.load(at(p, ir.Constant(_I64, 0) if off is None else off), align=4)
-
         n2 = builder.mul(n, ir.Constant(_I64, 2))
         n3 = builder.mul(n, ir.Constant(_I64, 3))
 
-        def pre(off, peep, cell):  # gate + bias (+ peephole * cell), clamped
-            z = builder.fadd(load(gbp, off), load(pbp, off))
-            if peep is not None:
-                z = builder.call(math.fma, [load(peep), cell, z])
-            return math.clamp(z, lo, hi)
+        def units(v, _):
+            """Units v*WIDTH .. v*WIDTH + WIDTH-1."""
+            j = builder.mul(v, ir.Constant(_I64, WIDTH))
 
-        c0 = load(cp)
-        i = math.sigmoid(pre(ir.Constant(_I64, 0), pip, c0))
-        f = builder.select(forget, builder.fsub(_splat(1.0), i), math.sigmoid(pre(n2, pfp, c0)))
-        c1 = builder.call(math.fma, [i, math.tanh(pre(n3, None, None)), builder.fmul(f, c0)])
-        o = math.sigmoid(pre(n, pop, c1))
-        builder.store(c1, at(cp, ir.Constant(_I64, 0)), align=4)
-        builder.store(builder.fmul(o, math.tanh(c1)), at(mp, ir.Constant(_I64, 0)), align=4)
-        v2 = builder.add(v, ir.Constant(_I64, 1))
-        v.add_incoming(v2, builder.basic_block)
-        builder.cbranch(builder.icmp_signed("<", v2, nv), loop, done)
-        builder.position_at_end(done)
+            def at(p, off):
+                return builder.bitcast(builder.gep(p, [builder.add(j, off)]), _V.as_pointer())
+
+            def load(p, off=None):
+                return builder.load(at(p, ir.Constant(_I64, 0) if off is None else off), align=4)
+
+            def pre(off, peep, cell):  # gate + bias (+ peephole * cell), clamped
+                z = builder.fadd(load(gbp, off), load(pbp, off))
+                if peep is not None:
+                    z = builder.call(math.fma, [load(peep), cell, z])
+                return math.clamp(z, lo, hi)
+
+            c0 = load(cp)
+            i = math.sigmoid(pre(ir.Constant(_I64, 0), pip, c0))
+            f = builder.select(forget, builder.fsub(_splat(1.0), i), math.sigmoid(pre(n2, pfp, c0)))
+            c1 = builder.call(math.fma, [i, math.tanh(pre(n3, None, None)), builder.fmul(f, c0)])
+            o = math.sigmoid(pre(n, pop, c1))
+            builder.store(c1, at(cp, ir.Constant(_I64, 0)), align=4)
+            builder.store(builder.fmul(o, math.tanh(c1)), at(mp, ir.Constant(_I64, 0)), align=4)
+            return []
+
+        counted_loop(builder, nv, [], units, "upd")
         return context.get_dummy_value()
 
     return sig, codegen
