@@ -171,43 +171,15 @@ def _emit(builder, fma, wdata, poff, xbase, Kv, optr, prec, acc, ngroups, nframe
                         out_[i] = builder.call(fma, [w, xs[f][e], out_[i]])
         return out_
 
-    entry = builder.basic_block
-    loop = builder.append_basic_block(f"panel.loop{nframes}")
-    mid = builder.append_basic_block(f"panel.mid{nframes}")
-    tail = builder.append_basic_block(f"panel.tail{nframes}")
-    end = builder.append_basic_block(f"panel.store{nframes}")
-    builder.cbranch(builder.icmp_signed(">", kpairs, c(0)), loop, mid)
+    def pair(p, accs):
+        """Columns 2p and 2p+1: a bf16 pair from one load, else one column after the other."""
+        k = builder.mul(p, c(2))
+        return step(k, accs, True) if prec == BF16 else step(builder.add(k, c(1)), step(k, accs, False), False)
 
-    builder.position_at_end(loop)
-    k = builder.phi(_I64)
-    accs = [builder.phi(_V) for _ in range(nacc)]
-    k.add_incoming(c(0), entry)
-    for a, v in zip(accs, init):
-        a.add_incoming(v, entry)
-    new = step(k, accs, True) if prec == BF16 else step(builder.add(k, c(1)), step(k, accs, False), False)
-    k2 = builder.add(k, c(2))
-    back = builder.basic_block
-    k.add_incoming(k2, back)
-    for a, v in zip(accs, new):
-        a.add_incoming(v, back)
-    builder.cbranch(builder.icmp_signed("<", k2, kpairs), loop, mid)
-
-    builder.position_at_end(mid)
-    mids = [builder.phi(_V) for _ in range(nacc)]
-    for m, v0, v1 in zip(mids, init, new):
-        m.add_incoming(v0, entry)
-        m.add_incoming(v1, back)
-    builder.cbranch(builder.icmp_signed("<", kpairs, Kv), tail, end)
-
-    builder.position_at_end(tail)
-    tails = step(kpairs, mids, False)
-    builder.branch(end)
-
-    builder.position_at_end(end)
-    res = [builder.phi(_V) for _ in range(nacc)]
-    for r, v0, v1 in zip(res, mids, tails):
-        r.add_incoming(v0, mid)
-        r.add_incoming(v1, tail)
+    res = counted_loop(builder, builder.lshr(Kv, c(1)), init, pair, f"panel.{nframes}")
+    # an odd K's last column: a loop of zero or one trip
+    res = counted_loop(builder, builder.and_(Kv, c(1)), res, lambda _, accs: step(kpairs, accs, False),
+                       f"panel.tail{nframes}")
     if prec == I8:  # row scales sit after the group's weights
         scales = []
         for g in range(ngroups):
