@@ -269,25 +269,30 @@ def test_aclose_finishes_queued_frames_then_refuses(engine, rng):
 
 
 class MemoryStore:
-    """The store protocol in one dict: load claims a key under a newer epoch, a save
-    from an older epoch is refused (what RedisStore does with compare-and-set)."""
+    """The store protocol in one dict: load claims a key under a newer epoch, a write
+    from any other epoch is refused (what RedisStore does inside Redis). Keeps the
+    newest checkpoint only; tests of RedisStore cover the previous one."""
 
     def __init__(self):
-        self.data, self.epochs = {}, {}
+        self.data, self.owner, self.epoch, self.calls = {}, {}, 0, []
 
-    async def load(self, key):
-        self.epochs[key] = epoch = self.epochs.get(key, 0) + 1
+    async def load(self, key, received=None):
+        self.epoch += 1
+        self.owner[key] = self.epoch
         seq, blob = self.data.get(key, (None, None))
-        return epoch, seq, blob
+        return self.epoch, seq, blob
 
-    async def save(self, key, epoch, seq, blob):
-        if epoch < self.epochs.get(key, 0):
-            return False
-        self.data[key] = (seq, blob)
-        return True
-
-    async def delete(self, key):
-        self.data.pop(key, None)
+    async def write_many(self, items):
+        self.calls.append(len(items))
+        done = []
+        for key, epoch, seq, blob in items:
+            done.append(self.owner.get(key) == epoch)
+            if done[-1] and blob is None:
+                del self.owner[key]
+                self.data.pop(key, None)
+            elif done[-1]:
+                self.data[key] = (seq, blob)
+        return done
 
 
 def test_store_checkpoints_and_resumes_elsewhere(engine, rng):
@@ -304,10 +309,13 @@ def test_store_checkpoints_and_resumes_elsewhere(engine, rng):
         second = Batcher(engine, store=store)
         assert await second.resume_seq("k") == 3
         outs += [await second.step("k", x, seq=n) for n, x in zip(range(4, 7), X[4:])]
-        await first.close("k")  # refused by the store: second owns the key
+        await first.release("k")  # refused by the store: second owns the key
         assert store.data["k"][0] == 3
-        blob = await second.close("k")
+        blob = await second.release("k")
         assert store.data["k"] == (6, blob)
+        assert await second.resume_seq("k") == 6  # opened again, from that checkpoint
+        await second.close("k")  # ends the stream: its key is deleted
+        assert "k" not in store.data
         await first.aclose()
         await second.aclose()
         return outs
@@ -328,15 +336,15 @@ def test_reopening_waits_for_the_last_checkpoint(engine, rng):
     X = rand(rng, 3, I)
 
     class SlowStore(MemoryStore):
-        async def save(self, key, epoch, seq, blob):
+        async def write_many(self, items):
             await asyncio.sleep(0.05)  # the next frame comes before the write lands
-            return await super().save(key, epoch, seq, blob)
+            return await super().write_many(items)
 
     async def main():
         b = Batcher(engine, store=SlowStore())
         await b.step("k", X[0], seq=0)
-        closing = asyncio.ensure_future(b.close("k"))
-        await asyncio.sleep(0)  # close() removed the stream; its checkpoint is on its way
+        closing = asyncio.ensure_future(b.release("k"))
+        await asyncio.sleep(0)  # release() removed the stream; its checkpoint is on its way
         y = await b.step("k", X[1], seq=1)  # resumes from that checkpoint, not from nothing
         await closing
         await b.aclose()

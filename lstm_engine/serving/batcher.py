@@ -12,6 +12,7 @@ import asyncio
 import collections
 import concurrent.futures
 import inspect
+import itertools
 import time
 
 import numpy as np
@@ -28,6 +29,10 @@ MAX_BATCH = 256  # step_many's cost per stream is flat from ~50 streams on (H=12
 IDLE_TIMEOUT_S = 30.0  # a speaker can be silent for seconds: Triton's 1 s drops such streams' state
 MAX_PENDING = 4  # 40 ms of 10 ms frames: absorbs a network burst, bounds what one client can queue
 MAX_STREAMS = 100_000
+STORE_BATCH = 256  # writes in one write_many: 1 MB of H=128 snapshots, while a shutdown may write
+#                   every stream's
+STORE_TRIES = 7  # a write the store failed is retried after 0.1, 0.2, ... 3.2 s: a restart of
+#                  Redis loses no checkpoint, and a store that is down for good is given up on
 
 
 class Overloaded(RuntimeError):
@@ -35,11 +40,17 @@ class Overloaded(RuntimeError):
     streams (max_streams). Nothing was queued or opened; the caller may retry later."""
 
 
+class Moved(RuntimeError):
+    """The stream's key was claimed by another worker (the store refused this worker's
+    checkpoint): this worker must not go on stepping it. The client reconnects and
+    resumes where the key is owned now."""
+
+
 class _Slot:
     """One open stream and the frames queued for it, oldest first."""
 
     __slots__ = ("key", "stream", "pending", "busy", "last", "last_batch", "seq", "closing", "drained",
-                 "loading", "epoch", "ckpt_seq", "since_ckpt")
+                 "loading", "epoch", "ckpt_seq", "since_ckpt", "moved")
 
     def __init__(self, key, stream, now):
         self.key = key
@@ -55,7 +66,8 @@ class _Slot:
         self.loading = None  # the task that resumes it from the store
         self.epoch = None  # its owner epoch in the store
         self.ckpt_seq = None  # seq inside its latest stored checkpoint
-        self.since_ckpt = 0  # frames applied since that checkpoint
+        self.since_ckpt = 0  # changes since that checkpoint (frames applied, or a state given to open)
+        self.moved = False  # another worker owns its key now
 
 
 class Batcher:
@@ -75,11 +87,16 @@ class Batcher:
       None keeps streams until close(). Its snapshot goes to the store, else to
       `on_evict(key, blob)` (which may be a coroutine function), else nowhere: its
       next frame then opens a new stream at zero state.
-    store: with async `load(key) -> (epoch, seq, blob)` (claims the key: the epoch is
-      newer than every earlier claim; seq and blob are None when nothing is stored) and
-      `save(key, epoch, seq, blob)` (refused by the store for an older epoch): a key
-      opened here resumes from its checkpoint, and one is written on eviction, close,
-      and every `checkpoint_every` frames (0: never in between).
+    store: a `RedisStore`, or anything with its two coroutines:
+      `load(key, received=None) -> (epoch, seq, blob)` claims the key for this worker
+      (the epoch is newer than every earlier claim; seq and blob are None when nothing
+      is stored), and `write_many([(key, epoch, seq, blob), ...]) -> [bool, ...]` applies
+      checkpoints (blob None: delete the key) in order, each refused unless its epoch
+      still owns its key. A key opened here resumes from its checkpoint; checkpoints are
+      written every `checkpoint_every` frames of a stream (0: never), when it is evicted
+      or released, and for every stream at aclose(); close() deletes the key. Writes
+      run in the background, those that are due together in one `write_many`, so no
+      frame waits on the store.
 
     Use it from one event loop (the one of its first call).
     """
@@ -118,9 +135,11 @@ class Batcher:
         self._loop = None
         self._pool = None
         self._tasks = []  # the batch loop and the idle sweeper
-        self._saves = set()  # checkpoint writes under way
-        self._leaving = {}  # key -> the store write of its last checkpoint (eviction, close),
-        #                     which reopening the key waits for
+        self._outbox = {}  # key -> [epoch, seq, blob, futures, slot, tries]: writes not yet sent;
+        #                    a newer write of a key replaces its unsent one
+        self._writer = None  # the task sending the outbox, one write_many at a time (in order)
+        self._leaving = {}  # key -> the store write of its last checkpoint (eviction, release,
+        #                     close), which reopening the key waits for
         self._closed = False
         self._closing = 0  # streams whose close() waits for their queued frames
         self._waits = WaitLog()
@@ -134,8 +153,10 @@ class Batcher:
         The frame is queued when step is called, so calls are applied in call order.
         Raises at once: `Overloaded` (max_pending, max_streams), `ValueError` for a frame
         of the wrong shape or type, `RuntimeError` while the stream closes or after
-        aclose(). A frame the engine refuses (NaN, a token id out of range) fails its own
-        future with `ValueError`, its stream unchanged; the rest of its batch runs.
+        aclose(), `Moved` once another worker owns the key. A frame the engine refuses
+        (NaN, a token id out of range) fails its own future with `ValueError`, its stream
+        unchanged; the rest of its batch runs. So does a frame whose `seq` is not after
+        the seq of the stream's latest frame (a replay must start after `resume_seq`).
         Cancelling the future before its batch starts withdraws the frame.
         """
         if self._closed:
@@ -147,6 +168,8 @@ class Batcher:
             slot = self._new_slot(key)
         elif slot.closing:
             raise RuntimeError(f"stream {key!r} is closing")
+        elif slot.moved:
+            raise Moved(f"stream {key!r} is owned by another worker now")
         elif len(slot.pending) + slot.busy >= self.max_pending:
             self._counts["overloaded"] += 1
             raise Overloaded(f"stream {key!r} has {self.max_pending} frames unanswered (max_pending)")
@@ -171,7 +194,18 @@ class Batcher:
 
     async def close(self, key) -> bytes:
         """Finish the frames queued for `key`, then close it: returns its final snapshot
-        (also written to the store, when there is one) and frees its slot."""
+        and frees its slot. The stream has ended: with a store, its key is deleted there."""
+        return await self._leave(key, delete=True)
+
+    async def release(self, key) -> bytes:
+        """Finish the frames queued for `key`, write its checkpoint to the store and free
+        its slot: a handover, after which the stream resumes wherever its key is opened
+        next (here or on another worker). Returns the snapshot."""
+        if self.store is None:
+            raise RuntimeError("release needs a store (close() ends a stream without one)")
+        return await self._leave(key, delete=False)
+
+    async def _leave(self, key, delete):
         slot = self._slots.get(key)
         if slot is None:
             raise KeyError(f"no open stream {key!r}")
@@ -188,18 +222,23 @@ class Batcher:
         finally:
             self._closing -= 1
         blob = self._remove(slot)
-        if self.store is not None:
-            await self._save_last(slot, blob)
+        if self.store is not None and not slot.moved:
+            # a store that fails even after retries is counted in stats(); the caller has
+            # the snapshot either way
+            await asyncio.gather(self._write_last(slot, None if delete else blob), return_exceptions=True)
         return blob
 
-    async def resume_seq(self, key):
-        """The seq of the last frame inside `key`'s stored checkpoint (None if the store
-        holds none); opens the key here from the store when it is not open."""
+    async def resume_seq(self, key, received=None):
+        """The seq of the last frame inside the checkpoint `key` resumes from (None if the
+        store holds none): the client replays its frames after it. Opens the key here
+        from the store when it is not open. `received`: the seq of the latest output the
+        client has; the store then picks the newest checkpoint at or before it, so that
+        no output is lost between the checkpoint and the client (the store keeps two)."""
         if self.store is None:
             raise RuntimeError("resume_seq needs a store")
         slot = self._slots.get(key)
         if slot is None:
-            slot = self._new_slot(key)
+            slot = self._new_slot(key, received=received)
         if slot.loading is not None:
             await asyncio.shield(slot.loading)
         return slot.ckpt_seq
@@ -215,11 +254,14 @@ class Batcher:
         return {"streams": len(self._slots), "frames": c["frames"], "batches": c["batches"],
                 "mean_batch": c["frames"] / c["batches"] if c["batches"] else 0.0,
                 "queue_wait_p50_ms": p50 * 1e3, "queue_wait_p99_ms": p99 * 1e3,
-                "evicted": c["evicted"], "overloaded": c["overloaded"], "failed": c["failed"]}
+                "evicted": c["evicted"], "overloaded": c["overloaded"], "failed": c["failed"],
+                "checkpoints": c["checkpoints"], "store_writes": c["store_writes"],
+                "store_errors": c["store_errors"], "moved": c["moved"]}
 
     async def aclose(self) -> None:
-        """Refuse new frames, finish the queued ones, write pending checkpoints, stop.
-        Streams stay open (close() each to get its snapshot)."""
+        """Refuse new frames, finish the queued ones, stop. With a store, every stream
+        changed since its latest checkpoint is checkpointed first (a worker that shuts
+        down hands its streams over). Streams stay open (close() each for its snapshot)."""
         if self._closed:
             return
         self._closed = True
@@ -231,7 +273,12 @@ class Batcher:
         batches, sweeper = self._tasks
         sweeper.cancel()
         await asyncio.gather(batches, sweeper, return_exceptions=True)
-        await asyncio.gather(*self._saves, *self._leaving.values(), return_exceptions=True)
+        if self.store is not None:
+            for slot in self._slots.values():
+                if slot.stream is not None and slot.since_ckpt and not slot.moved:
+                    self._checkpoint(slot)
+        while self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         self._pool.shutdown(wait=True)
 
     # ---- registry --------------------------------------------------------------------
@@ -250,7 +297,7 @@ class Batcher:
             self._counts["overloaded"] += 1
             raise Overloaded(f"{len(self._slots)} streams are open (max_streams); {key!r} was not opened")
 
-    def _new_slot(self, key, state=None) -> _Slot:
+    def _new_slot(self, key, state=None, received=None) -> _Slot:
         self._start()
         self._admit(key)
         now = time.perf_counter()
@@ -258,7 +305,7 @@ class Batcher:
             slot = _Slot(key, self._open_stream(state), now)
         else:  # the key is claimed in the store first, whatever the state
             slot = _Slot(key, None, now)
-            slot.loading = self._loop.create_task(self._resume(slot, state))
+            slot.loading = self._loop.create_task(self._resume(slot, state, received))
         self._slots[key] = slot
         return slot
 
@@ -267,15 +314,17 @@ class Batcher:
             return self.engine.restore(state)
         return self.engine.open_stream(state=state)
 
-    async def _resume(self, slot, state):
+    async def _resume(self, slot, state, received):
         """Claim `slot`'s key in the store; continue at `state`, else from its checkpoint."""
         try:
             earlier = self._leaving.get(slot.key)
             if earlier is not None:  # its previous life's last checkpoint comes first
                 await asyncio.gather(earlier, return_exceptions=True)
-            slot.epoch, slot.ckpt_seq, blob = await self.store.load(slot.key)
+            slot.epoch, slot.ckpt_seq, blob = await self.store.load(slot.key, received)
             slot.seq = slot.ckpt_seq
             slot.stream = self._open_stream(blob if state is None else state)
+            if state is not None:  # a state the store does not hold yet
+                slot.since_ckpt = 1
         except BaseException as e:  # the frames queued meanwhile fail with it; the key is free again
             self._slots.pop(slot.key, None)
             for _, fut, _, _ in slot.pending:
@@ -317,17 +366,18 @@ class Batcher:
         blob = self._remove(slot)
         self._counts["evicted"] += 1
         if self.store is not None:
-            self._save_last(slot, blob)  # in the background: the sweep goes on
+            if slot.since_ckpt and not slot.moved:  # else the store holds this state already
+                self._write_last(slot, blob)  # in the background: the sweep goes on
         elif self.on_evict is not None:
             done = self.on_evict(slot.key, blob)
             if inspect.isawaitable(done):
                 await done
 
-    def _save_last(self, slot, blob) -> asyncio.Task:
-        """Write the last checkpoint of the removed `slot`; a new stream of its key loads
-        only after it."""
+    def _write_last(self, slot, blob) -> asyncio.Future:
+        """Write the last checkpoint of the removed `slot` (None: delete its key); a new
+        stream of its key loads only after it."""
         key = slot.key
-        write = self._leaving[key] = self._loop.create_task(self.store.save(key, slot.epoch, slot.seq, blob))
+        write = self._leaving[key] = self._write(slot, slot.seq, blob)
 
         def done(_):
             if self._leaving.get(key) is write:
@@ -405,7 +455,10 @@ class Batcher:
         for _ in range(min(len(ready), self.max_batch)):
             slot = ready.popleft()
             frame = slot.pending.pop(0)
-            if frame[1].cancelled():  # withdrawn by its caller: never applied
+            if frame[1].cancelled() or (frame[3] is not None and slot.seq is not None and frame[3] <= slot.seq):
+                if not frame[1].cancelled():  # a frame the stream has (a replay from too early)
+                    frame[1].set_exception(ValueError(
+                        f"frame seq {frame[3]} of stream {slot.key!r} is not after its latest frame's {slot.seq}"))
                 if slot.pending:
                     ready.append(slot)
                 else:
@@ -493,15 +546,57 @@ class Batcher:
         return Y, errors
 
     def _checkpoint(self, slot):
-        """Write `slot`'s state to the store in the background (the next batch may run meanwhile)."""
+        """Queue `slot`'s state for the store (the next batch may run meanwhile)."""
         slot.since_ckpt = 0
-        seq = slot.seq
-        write = self._loop.create_task(self.store.save(slot.key, slot.epoch, seq, slot.stream.snapshot()))
-        self._saves.add(write)
+        self._counts["checkpoints"] += 1
+        self._write(slot, slot.seq, slot.stream.snapshot())
 
-        def saved(t):
-            self._saves.discard(t)
-            if not t.cancelled() and t.exception() is None:
-                slot.ckpt_seq = seq
+    # ---- the store's writer --------------------------------------------------------------
+    def _write(self, slot, seq, blob) -> asyncio.Future:
+        """Queue a write of `slot`'s key (blob None: delete it); the future says whether
+        the store accepted it."""
+        old = self._outbox.pop(slot.key, None)
+        fut = self._loop.create_future()
+        waiting = [fut] if old is None else old[3] + [fut]  # a replaced write's waiters hear of this one
+        self._outbox[slot.key] = [slot.epoch, seq, blob, waiting, slot, 0]
+        if self._writer is None:
+            self._writer = self._loop.create_task(self._send())
+        return fut
 
-        write.add_done_callback(saved)
+    async def _send(self):
+        """Send the outbox, one write_many at a time: what is queued meanwhile goes in
+        the next, so writes reach the store in the order they were made."""
+        try:
+            while self._outbox:
+                items = [(k, self._outbox.pop(k)) for k in list(itertools.islice(self._outbox, STORE_BATCH))]
+                try:
+                    accepted = await self.store.write_many([(k, e, q, b) for k, (e, q, b, *_) in items])
+                except Exception as err:  # the store is unreachable: frames go on, writes are retried
+                    self._counts["store_errors"] += 1
+                    tries = 0
+                    for key, item in items:
+                        item[5] += 1
+                        tries = max(tries, item[5])
+                        if key in self._outbox:  # a newer write of the key replaces this one
+                            self._outbox[key][3] += item[3]
+                        elif item[5] < STORE_TRIES:
+                            self._outbox[key] = item
+                        else:
+                            for fut in item[3]:
+                                if not fut.done():
+                                    fut.set_exception(err)
+                                    fut.exception()  # retrieved: nobody may be waiting on it
+                    await asyncio.sleep(0.05 * 2 ** min(tries, STORE_TRIES))
+                    continue
+                self._counts["store_writes"] += 1
+                for (_, (_, seq, blob, waiting, slot, _)), ok in zip(items, accepted):
+                    if ok and blob is not None:
+                        slot.ckpt_seq = seq
+                    elif not ok and not slot.moved:  # another worker claimed the key
+                        slot.moved = True
+                        self._counts["moved"] += 1
+                    for fut in waiting:
+                        if not fut.done():
+                            fut.set_result(ok)
+        finally:
+            self._writer = None

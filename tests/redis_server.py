@@ -1,0 +1,51 @@
+"""A real Redis server for tests: Debian's `redis-server` on a free loopback port, with
+nothing written to disk, stopped afterwards (`.ci/run` installs it)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:  # bound and released, then given to the server
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def redis_server():
+    """Yields the server's redis:// URL. Without redis-server the test is skipped, except
+    in CI (CI set), where that is a failure: CI installs it."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("redis-server is not installed (apt-get install redis-server)")
+    pytest.importorskip("redis")
+    with tempfile.TemporaryDirectory() as home:
+        port = free_port()
+        proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                                 "--dir", home, "--protected-mode", "yes"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                        c.sendall(b"PING\r\n")
+                        if c.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
+                assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)
