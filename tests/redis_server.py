@@ -20,17 +20,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server():
-    """Yields the server's redis:// URL. Without redis-server the test is skipped, except
-    in CI (CI set), where that is a failure: CI installs it."""
+def redis_server(port=None, data_dir=None):
+    """Yields the server's redis:// URL (on `port`, else a free one). With `data_dir`,
+    the server logs every write there (append-only file) and a restart on the same
+    folder finds them again; else it writes nothing to disk. Without
+    redis-server the test is skipped, except in CI (CI set), where that is a failure:
+    CI installs it."""
     exe = shutil.which("redis-server")
     if exe is None:
         (pytest.fail if os.environ.get("CI") else pytest.skip)("redis-server is not installed (apt-get install redis-server)")
     pytest.importorskip("redis")
     with tempfile.TemporaryDirectory() as home:
-        port = free_port()
-        proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                                 "--dir", home, "--protected-mode", "yes"],
+        port = port or free_port()
+        persist = ["--appendonly", "yes", "--appendfsync", "always"] if data_dir else ["--appendonly", "no"]
+        proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", *persist,
+                                 "--dir", str(data_dir or home), "--protected-mode", "yes"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 10

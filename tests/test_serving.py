@@ -351,3 +351,26 @@ def test_reopening_waits_for_the_last_checkpoint(engine, rng):
         return y
 
     assert np.array_equal(run(main()), reference(engine, X[:2])[1])
+
+
+def test_checkpoints_due_together_go_in_one_write(engine, rng):
+    X = rand(rng, 16, 8, I)
+    store = MemoryStore()
+
+    async def main():
+        b = Batcher(engine, store=store, checkpoint_every=4)
+
+        async def client(i):
+            return [await b.step(i, x, seq=n) for n, x in enumerate(X[i])]
+
+        outs = await asyncio.gather(*[client(i) for i in range(16)])
+        await b.aclose()
+        return outs, b.stats()
+
+    outs, stats = run(main())
+    assert stats["checkpoints"] == 32 and sum(store.calls) <= 32  # a newer write replaces an unsent one
+    assert max(store.calls) > 1 and len(store.calls) < 32  # several streams' checkpoints per write
+    for i in range(16):
+        seq, blob = store.data[i]
+        assert seq == 7 and np.array_equal(engine.restore(blob).step(X[i, 0]),
+                                           reference(engine, list(X[i]) + [X[i, 0]])[8])
