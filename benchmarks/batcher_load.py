@@ -2,6 +2,7 @@
 
     python benchmarks/batcher_load.py --hidden 128 --streams 2000 --seconds 20
     python benchmarks/batcher_load.py --hidden 128 --streams 500 --find-max --seconds 10
+    python benchmarks/batcher_load.py --streams 1000 --redis redis://127.0.0.1:6379/0 --checkpoint-every 25
     taskset -c 0 python benchmarks/batcher_load.py ...      # one core for everything
 
 The generator is the one `lstm-engine loadtest` uses (an absolute schedule; latency
@@ -17,12 +18,13 @@ import json
 import pathlib
 import sys
 import time
+import uuid
 
 import numpy as np
 
 import lstm_engine
 from lstm_engine.bench import cpu_info, default_model
-from lstm_engine.serving import Batcher, Overloaded
+from lstm_engine.serving import Batcher, Overloaded, RedisStore
 from lstm_engine.serving import loadtest as lt
 
 
@@ -45,11 +47,17 @@ class Echo:
         pass
 
 
-async def run_batcher(engine, streams: int, period_ms: float, seconds: float, serve=Batcher, **options) -> dict:
+async def run_batcher(engine, streams: int, period_ms: float, seconds: float, serve=Batcher, redis=None,
+                      **options) -> dict:
     lt.check_bounds(streams, period_ms, seconds)
     period = period_ms / 1e3
     tally = lt.Tally(streams, period, max(1, round(seconds / period)))
     frames = np.random.default_rng(0).standard_normal((streams, engine.model.input_size)).astype(np.float32)
+    store = None
+    if redis is not None:  # keys of their own for every run: each starts at zero state
+        store = RedisStore(redis, prefix=f"bench:{uuid.uuid4().hex}:")
+        options["store"] = store
+        redis_cpu = _redis_cpu(store)
     b = serve(engine, **options)
 
     def sent(i, k, fut):
@@ -72,8 +80,22 @@ async def run_batcher(engine, streams: int, period_ms: float, seconds: float, se
     # all threads' CPU time (generator included) per answered frame: what one core
     # could carry, whatever else shares the machine
     report["cpu_us_per_frame"] = cpu / max(1, report["answered"]) * 1e6
+    if store is not None:  # and the server's, which a service pays for too
+        report["redis_cpu_us_per_frame"] = (_redis_cpu(store) - redis_cpu) / max(1, report["answered"]) * 1e6
+        # ends the streams, deleting their keys (a stream refused at its opening is not open)
+        await asyncio.gather(*[b.close(i) for i in range(streams)], return_exceptions=True)
     await b.aclose()
+    if store is not None:
+        await store.aclose()
     return report
+
+
+def _redis_cpu(store) -> float:
+    """CPU seconds the Redis server has used (INFO cpu), read over a connection of its own."""
+    import redis
+
+    info = redis.Redis(connection_pool=redis.ConnectionPool(**store._r.connection_pool.connection_kwargs)).info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
 
 
 def main(argv=None):
@@ -90,6 +112,8 @@ def main(argv=None):
                         "none: no Batcher, every frame answered at once (the generator's own cost)")
     p.add_argument("--switch-ms", type=float, default=0.5,
                    help="sys.setswitchinterval, as the example service sets it (Python's default: 5)")
+    p.add_argument("--redis", metavar="URL", help="checkpoint streams to this Redis (RedisStore)")
+    p.add_argument("--checkpoint-every", type=int, default=25, help="frames per checkpoint, with --redis")
     p.add_argument("--find-max", action="store_true")
     p.add_argument("--json")
     args = p.parse_args(argv)
@@ -106,9 +130,11 @@ def main(argv=None):
     options = dict(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch)
     if args.backend == "none":
         options = {"serve": Echo}
+    elif args.redis:
+        options.update(redis=args.redis, checkpoint_every=args.checkpoint_every)
 
     def run(n):
-        return run_batcher(engine, n, args.period_ms, args.seconds, **options)
+        return run_batcher(engine, n, args.period_ms, args.seconds, **dict(options))
 
     print(f"Batcher in-process on {args.backend}, H={args.hidden} {args.precision}, {cpu_info()['cpu']}",
           file=sys.stderr)
@@ -118,7 +144,9 @@ def main(argv=None):
     else:
         result = asyncio.run(run(args.streams))
         print(lt.summary(result))
-        print(f"CPU per frame {result['cpu_us_per_frame']:.2f} µs (all threads); batcher {json.dumps(result['batcher'])}")
+        print(f"CPU per frame {result['cpu_us_per_frame']:.2f} µs (all threads)"
+              + (f", Redis server {result['redis_cpu_us_per_frame']:.2f} µs" if args.redis else "")
+              + f"; batcher {json.dumps(result['batcher'])}")
     if args.json:
         lt.write_json(args.json, result)
 
