@@ -193,10 +193,11 @@ def _loadtest(args) -> int:
     from .serving import loadtest as lt
 
     lt.check_bounds(args.streams, args.period_ms, args.seconds)
-    lt.loopback_target(args.url)  # refused before any connection is made
+    for url in args.url:  # refused before any connection is made
+        lt.loopback_target(url)
 
     def run(n):
-        return lt.run_websocket(args.url, n, args.period_ms, args.seconds)
+        return lt.run_websocket(args.url, n, args.period_ms, args.seconds, resume=args.resume, keep=args.keep)
 
     if args.find_max:
         result = asyncio.run(lt.find_max(run, args.streams, progress=_progress))
@@ -276,13 +277,21 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("loadtest", help="drive a WebSocket service (examples/ws_service.py) with N open-loop "
                                         "real-time streams over loopback")
-    t.add_argument("url", help="ws:// URL on a loopback address, e.g. ws://127.0.0.1:8000/stream")
+    t.add_argument("url", nargs="+", help="ws:// URL on a loopback address, e.g. ws://127.0.0.1:8000/stream; "
+                                          "several: workers, the streams spread over them round robin")
     t.add_argument("--streams", type=int, default=100, help="concurrent streams, one connection each "
                                                              "(the first guess with --find-max)")
     t.add_argument("--period-ms", type=float, default=10.0, help="frame period of every stream")
     t.add_argument("--seconds", type=float, default=10.0, help="length of one run")
     t.add_argument("--find-max", action="store_true",
                    help="search for the most streams served with p99 under the period and no frame dropped")
+    t.add_argument("--resume", action="store_true",
+                   help="named streams that resume after a lost connection on the next URL, replaying "
+                        "their kept frames (the example service's resume protocol); reports recoveries, "
+                        "lost outputs and replays that answered differently")
+    t.add_argument("--keep", type=_whole(1), default=64,
+                   help="frames each resumable stream keeps for a replay (at least twice the service's "
+                        "checkpoint interval plus its max_pending)")
     t.add_argument("--json", help="write the report (every run's, with --find-max) as JSON")
     t.set_defaults(func=_loadtest)
     return p

@@ -58,9 +58,17 @@ class WsClient(asyncio.Protocol):
     def send_binary(self, payload: bytes) -> None:
         self._send(BINARY, payload)
 
-    def close(self) -> None:
+    def close(self, code: int = 1000) -> None:
+        """Send a close frame: 1000 ends the stream for a service that resumes streams
+        (it deletes the stream's checkpoint), any other code leaves it resumable."""
         if self._transport is not None and not self._transport.is_closing():
-            self._send(CLOSE, struct.pack(">H", 1000))
+            self._send(CLOSE, struct.pack(">H", code))
+
+    def abort(self) -> None:
+        """Drop the connection without a close frame (the service sees it end abnormally
+        and keeps the stream resumable)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     def _send(self, opcode: int, payload: bytes) -> None:
         n = len(payload)
@@ -125,5 +133,9 @@ async def connect(host: str, port: int, path: str, on_binary, on_text):
     """An open WsClient and the upgrade response's headers."""
     loop = asyncio.get_running_loop()
     _, client = await loop.create_connection(lambda: WsClient(host, port, path, on_binary, on_text), host, port)
-    headers = await client.opened
+    try:
+        headers = await client.opened
+    except BaseException:  # refused, or given up on (a timeout): the socket goes too
+        client.abort()
+        raise
     return client, headers
