@@ -7,7 +7,7 @@ import pytest
 
 import lstm_engine as le
 from helpers import make_model, rand
-from lstm_engine.serving import Batcher, Overloaded
+from lstm_engine.serving import Batcher, Moved, Overloaded
 
 I = 6
 
@@ -335,11 +335,6 @@ def test_bad_arguments(engine):
 def test_reopening_waits_for_the_last_checkpoint(engine, rng):
     X = rand(rng, 3, I)
 
-    class SlowStore(MemoryStore):
-        async def write_many(self, items):
-            await asyncio.sleep(0.05)  # the next frame comes before the write lands
-            return await super().write_many(items)
-
     async def main():
         b = Batcher(engine, store=SlowStore())
         await b.step("k", X[0], seq=0)
@@ -374,3 +369,46 @@ def test_checkpoints_due_together_go_in_one_write(engine, rng):
         seq, blob = store.data[i]
         assert seq == 7 and np.array_equal(engine.restore(blob).step(X[i, 0]),
                                            reference(engine, list(X[i]) + [X[i, 0]])[8])
+
+
+class SlowStore(MemoryStore):
+    async def write_many(self, items):
+        await asyncio.sleep(0.2)  # a busy or distant store: frames come before writes land
+        return await super().write_many(items)
+
+
+def test_a_stream_evicted_while_its_checkpoint_is_on_its_way_resumes_from_it(engine, rng):
+    X = rand(rng, 6, I)
+
+    async def main():
+        b = Batcher(engine, store=SlowStore(), checkpoint_every=5, idle_timeout_s=0.05)
+        outs = [await b.step("k", x, seq=n) for n, x in enumerate(X[:5])]  # the checkpoint at seq 4 is queued
+        await until(lambda: b.stats()["evicted"] == 1)  # evicted: nothing new to write, but that write is pending
+        outs.append(await b.step("k", X[5], seq=5))  # reopens after the write lands, from it
+        stats = b.stats()
+        await b.aclose()
+        return outs, stats
+
+    outs, stats = run(main())
+    assert stats["moved"] == 0 and all(np.array_equal(y, r) for y, r in zip(outs, reference(engine, X)))
+
+
+def test_a_frame_past_the_checkpoint_it_resumed_from_is_moved(engine, rng):
+    """Frames between the checkpoint and the frame are missing: the client must replay."""
+    X = rand(rng, 8, I)
+    store = MemoryStore()
+
+    async def main():
+        a = Batcher(engine, store=store, checkpoint_every=3)
+        for n, x in enumerate(X[:5]):
+            await a.step("k", x, seq=n)
+        await until(lambda: store.data.get("k", (None,))[0] == 2)
+        b = Batcher(engine, store=store)
+        with pytest.raises(Moved, match="frames after 2"):
+            await b.step("k", X[5], seq=5)  # as if frames 3 and 4 had been applied here
+        ys = [await b.step("k", X[n], seq=n) for n in range(3, 8)]  # the replay, then on
+        await a.aclose()
+        await b.aclose()
+        return ys
+
+    assert all(np.array_equal(y, r) for y, r in zip(run(main()), reference(engine, X)[3:]))

@@ -41,16 +41,17 @@ class Overloaded(RuntimeError):
 
 
 class Moved(RuntimeError):
-    """The stream's key was claimed by another worker (the store refused this worker's
-    checkpoint): this worker must not go on stepping it. The client reconnects and
-    resumes where the key is owned now."""
+    """The stream cannot go on here as its client expects: another worker claimed its key
+    (the store refused this worker's checkpoint), or it was just resumed from a
+    checkpoint older than the frame it is given (frames in between are missing). The
+    client reconnects, asks `resume_seq` and replays the frames after it."""
 
 
 class _Slot:
     """One open stream and the frames queued for it, oldest first."""
 
     __slots__ = ("key", "stream", "pending", "busy", "last", "last_batch", "seq", "closing", "drained",
-                 "loading", "epoch", "ckpt_seq", "since_ckpt", "moved")
+                 "loading", "epoch", "ckpt_seq", "since_ckpt", "moved", "resumed", "write")
 
     def __init__(self, key, stream, now):
         self.key = key
@@ -68,6 +69,8 @@ class _Slot:
         self.ckpt_seq = None  # seq inside its latest stored checkpoint
         self.since_ckpt = 0  # changes since that checkpoint (frames applied, or a state given to open)
         self.moved = False  # another worker owns its key now
+        self.resumed = False  # resumed from a stored checkpoint, no frame applied since
+        self.write = None  # the future of its latest store write
 
 
 class Batcher:
@@ -322,6 +325,7 @@ class Batcher:
                 await asyncio.gather(earlier, return_exceptions=True)
             slot.epoch, slot.ckpt_seq, blob = await self.store.load(slot.key, received)
             slot.seq = slot.ckpt_seq
+            slot.resumed = state is None and blob is not None
             slot.stream = self._open_stream(blob if state is None else state)
             if state is not None:  # a state the store does not hold yet
                 slot.since_ckpt = 1
@@ -366,8 +370,10 @@ class Batcher:
         blob = self._remove(slot)
         self._counts["evicted"] += 1
         if self.store is not None:
-            if slot.since_ckpt and not slot.moved:  # else the store holds this state already
+            if slot.since_ckpt and not slot.moved:
                 self._write_last(slot, blob)  # in the background: the sweep goes on
+            elif slot.write is not None and not slot.write.done():  # its state is on its way
+                self._leaving_until(slot.key, slot.write)
         elif self.on_evict is not None:
             done = self.on_evict(slot.key, blob)
             if inspect.isawaitable(done):
@@ -376,8 +382,11 @@ class Batcher:
     def _write_last(self, slot, blob) -> asyncio.Future:
         """Write the last checkpoint of the removed `slot` (None: delete its key); a new
         stream of its key loads only after it."""
-        key = slot.key
-        write = self._leaving[key] = self._write(slot, slot.seq, blob)
+        return self._leaving_until(slot.key, self._write(slot, slot.seq, blob))
+
+    def _leaving_until(self, key, write):
+        """Reopening `key` waits for `write` to land."""
+        self._leaving[key] = write
 
         def done(_):
             if self._leaving.get(key) is write:
@@ -455,10 +464,13 @@ class Batcher:
         for _ in range(min(len(ready), self.max_batch)):
             slot = ready.popleft()
             frame = slot.pending.pop(0)
-            if frame[1].cancelled() or (frame[3] is not None and slot.seq is not None and frame[3] <= slot.seq):
-                if not frame[1].cancelled():  # a frame the stream has (a replay from too early)
-                    frame[1].set_exception(ValueError(
-                        f"frame seq {frame[3]} of stream {slot.key!r} is not after its latest frame's {slot.seq}"))
+            fut = frame[1]
+            refused = None
+            if frame[3] is not None and slot.seq is not None and not fut.cancelled():
+                refused = self._out_of_order(slot, frame[3])
+                if refused is not None:
+                    fut.set_exception(refused)
+            if fut.cancelled() or refused is not None:  # withdrawn by its caller, or refused: never applied
                 if slot.pending:
                     ready.append(slot)
                 else:
@@ -508,6 +520,7 @@ class Batcher:
             if y.__class__ is np.ndarray:
                 if seq is not None:
                     slot.seq = seq
+                slot.resumed = False
                 slot.since_ckpt += 1
                 if not fut.done():
                     fut.set_result(y)
@@ -519,6 +532,16 @@ class Batcher:
                     self._settle(slot)
                 elif self.checkpoint_every and slot.since_ckpt >= self.checkpoint_every:
                     self._checkpoint(slot)
+
+    @staticmethod
+    def _out_of_order(slot, seq):
+        """Why frame `seq` cannot be applied to `slot` now, or None."""
+        if seq <= slot.seq:  # a frame the stream has: a replay from too early
+            return ValueError(f"frame seq {seq} of stream {slot.key!r} is not after its latest frame's {slot.seq}")
+        if slot.resumed and seq != slot.seq + 1:  # the frames between its checkpoint and this one are missing
+            return Moved(f"stream {slot.key!r} resumed from its checkpoint at seq {slot.seq}: frame {seq} needs "
+                         f"the frames after {slot.seq} first (resume_seq, then replay)")
+        return None
 
     @staticmethod
     def _settle(slot):
@@ -549,7 +572,7 @@ class Batcher:
         """Queue `slot`'s state for the store (the next batch may run meanwhile)."""
         slot.since_ckpt = 0
         self._counts["checkpoints"] += 1
-        self._write(slot, slot.seq, slot.stream.snapshot())
+        slot.write = self._write(slot, slot.seq, slot.stream.snapshot())
 
     # ---- the store's writer --------------------------------------------------------------
     def _write(self, slot, seq, blob) -> asyncio.Future:
