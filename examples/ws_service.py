@@ -121,7 +121,7 @@ async def serve_connection(ws: WebSocket, batcher: Batcher, worker: str, has_sto
                 resume = await batcher.resume_seq(sid, None if received is None else int(received))
             except Overloaded:
                 end = 1013  # try again later (max_streams)
-            except Exception:  # the store is unreachable: this worker cannot claim the stream
+            except Exception:  # the store is unreachable, or the worker stops: it cannot claim the stream
                 end = 1011
             if end is not None:
                 await _close(ws, end)
@@ -140,10 +140,11 @@ async def serve_connection(ws: WebSocket, batcher: Batcher, worker: str, has_sto
                 await batcher.close(key)  # the stream has ended (its key deleted from the store)
         except KeyError:  # it never opened (no frame, no resume)
             pass
-        if me is not None:
-            if live.get(sid) is me:
-                del live[sid]
-            me.left.set()
+        finally:  # whatever happened, a connection taking the stream over must not wait forever
+            if me is not None:
+                if live.get(sid) is me:
+                    del live[sid]
+                me.left.set()
 
 
 async def _frames(ws, batcher, key, parked):
