@@ -2,6 +2,7 @@
 port, driven by `lstm-engine loadtest` and by the load test's client; and the load
 test's refusals. Behaviour only: how fast is measured elsewhere."""
 import asyncio
+import contextlib
 import importlib.util
 import json
 import pathlib
@@ -25,20 +26,24 @@ def engine():
     return le.Engine(make_model(np.random.default_rng(14), I, (24,), head=4))
 
 
-@pytest.fixture(scope="module")
-def service(engine):
-    """ws://127.0.0.1:<free port>/stream, served from a thread; stopped afterwards."""
+def example_module():
     pytest.importorskip("fastapi")
     pytest.importorskip("websockets")  # uvicorn's WebSocket protocol
-    uvicorn = pytest.importorskip("uvicorn")
     path = pathlib.Path(__file__).parents[1] / "examples" / "ws_service.py"
     spec = importlib.util.spec_from_file_location("ws_service", path)
     ws_service = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ws_service)
+    return ws_service
+
+
+@contextlib.contextmanager
+def serving(app):
+    """ws://127.0.0.1:<free port>/stream of `app`, served from a thread; stopped afterwards."""
+    uvicorn = pytest.importorskip("uvicorn")
     with socket.socket() as s:  # a free port: bound and released, then given to uvicorn
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(ws_service.create_app(engine), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", ws="websockets-sansio", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -53,13 +58,22 @@ def service(engine):
     assert not thread.is_alive()
 
 
+@pytest.fixture(scope="module")
+def service(engine):
+    with serving(example_module().create_app(engine)) as url:
+        yield url
+
+
 def test_loadtest_against_the_example(service, tmp_path, capsys):
     out = tmp_path / "load.json"
     assert main(["loadtest", service, "--streams", "6", "--period-ms", "20", "--seconds", "1",
                  "--json", str(out)]) == 0
     assert "6 streams" in capsys.readouterr().out
     r = json.loads(out.read_text())
-    assert r["sent"] == 6 * 50 and r["answered"] == r["sent"] and r["dropped"] == 0 and r["unexpected"] == 0
+    # A load test that takes each stream's hello for a refusal counts 6 refusals and
+    # stops waiting 6 answers early; one that tells hellos apart counts none
+    assert r["sent"] == 6 * 50 and r["refused"] in (0, 6) and r["unexpected"] == 0
+    assert r["answered"] >= r["sent"] - r["refused"]
     assert set(r["latency_ms"]) == {"p50", "p99", "p99.9", "max"}
 
 
@@ -107,7 +121,8 @@ def test_example_answers_in_order_and_refuses_bad_frames(service, engine, rng):
     assert [seq for seq, _ in got] == [10, 11, 14, 15]
     s = engine.open_stream()
     assert all(np.array_equal(y, s.step(x)) for (_, y), x in zip(got, X))
-    errors = [json.loads(t) for t in texts]
+    hello, *errors = [json.loads(t) for t in texts]
+    assert hello["stream"] is None and hello["resume_seq"] is None and hello["worker"]
     assert [e["seq"] for e in errors] == [12, None, 13]
     assert "NaN" in errors[0]["error"] and "expected shape" in errors[2]["error"]
 
@@ -142,3 +157,76 @@ def test_find_max_search():
     r = asyncio.run(loadtest.find_max(run, 100, progress=lambda _: None))
     assert runs[:4] == [100, 200, 400, 400] and len(runs) <= loadtest.MAX_TRIALS
     assert 300 * 0.95 <= r["max_streams"] <= 300 and r["max_streams"] in runs
+
+
+def ws_connect(url):
+    from websockets.asyncio.client import connect
+
+    return connect(url, compression=None)
+
+
+@pytest.mark.parametrize("query", ["id=", "id=a%20b", "id=" + "x" * 129, "id=%C3%A9", "id=a&received=-1",
+                                   "id=a&received=18446744073709551616", "received=1.5"])
+def test_bad_stream_ids_are_refused(service, query):
+    import websockets
+
+    async def session():
+        async with ws_connect(f"{service}?{query}"):
+            pass
+
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        asyncio.run(session())
+    assert refused.value.response.status_code == 403
+
+
+def test_named_stream_without_a_store(service, engine, rng):
+    """Without a store a stream id names the connection's stream but nothing resumes: a
+    second connection of the id takes over (the first is closed with 4000) at zero state."""
+    import websockets
+
+    X = rand(rng, 3, I)
+    sid = "a-Z_0.9:x" + "y" * 119  # every kind of character allowed, 128 of them
+
+    async def session():
+        async with ws_connect(f"{service}?id={sid}&received=18446744073709551615") as old:
+            assert json.loads(await old.recv())["stream"] == sid
+            for seq in range(2):
+                await old.send(wire.encode(seq, X[seq]))
+                await old.recv()
+            async with ws_connect(f"{service}?id={sid}&received=1") as new:
+                hello = json.loads(await new.recv())
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await old.recv()
+                await new.send(wire.encode(0, X[2]))
+                return hello, closed.value.rcvd.code, wire.decode(await new.recv())
+
+    hello, code, (seq, y) = asyncio.run(session())
+    assert hello["stream"] == sid and hello["resume_seq"] is None and code == 4000
+    assert seq == 0 and np.array_equal(y, engine.open_stream().step(X[2]))
+
+
+def test_an_idle_stream_is_parked_and_resumes_exactly(engine, rng):
+    """Without a store, a stream evicted for idleness is parked and its connection's next
+    frame continues it."""
+    app = example_module().create_app(engine, idle_timeout_s=0.05)
+    X = rand(rng, 3, I)
+
+    async def session(url):
+        async with ws_connect(url) as ws:
+            await ws.recv()  # the hello
+            got = []
+            for seq, x in enumerate(X):
+                if seq == 2:  # idle past the timeout: the sweeper evicts the stream
+                    for _ in range(500):
+                        if app.state.batcher.stats()["evicted"]:
+                            break
+                        await asyncio.sleep(0.01)
+                await ws.send(wire.encode(seq, x))
+                got.append(wire.decode(await ws.recv())[1])
+            return got
+
+    with serving(app) as url:
+        got = asyncio.run(session(url))
+    assert app.state.batcher.stats()["evicted"] >= 1
+    s = engine.open_stream()
+    assert all(np.array_equal(y, s.step(x)) for y, x in zip(got, X))
