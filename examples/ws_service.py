@@ -205,17 +205,25 @@ def main(argv=None):
                    "they resume on any worker sharing it")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="frames between a stream's checkpoints (default 25 with --redis)")
+    p.add_argument("--prefix", default=None, help="of every Redis key this worker writes (default lstm:): "
+                   "workers sharing streams share it; other services on the same Redis use others")
+    p.add_argument("--ttl", type=float, default=None, metavar="SECONDS",
+                   help="a stream's checkpoints expire this long after their latest write or claim "
+                   "(default: kept until the stream ends)")
     p.add_argument("--worker", default=default_worker(), help="this worker's name in hellos (default hostname:pid)")
     args = p.parse_args(argv)
-    if args.checkpoint_every is not None and not args.redis:
-        p.error("--checkpoint-every needs --redis")
+    for flag, value in (("--checkpoint-every", args.checkpoint_every), ("--prefix", args.prefix), ("--ttl", args.ttl)):
+        if value is not None and not args.redis:
+            p.error(f"{flag} needs --redis")
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         p.error("--checkpoint-every: expected a whole number >= 0")
+    if args.ttl is not None and not 0 < args.ttl < 1e9:  # also refuses nan and inf
+        p.error("--ttl: expected a number of seconds > 0 (and below 1e9)")
     model = lstm_engine.load(args.model) if args.model else default_model(args.hidden)
     options = {}
     store = None
     if args.redis:
-        store = RedisStore(args.redis)
+        store = RedisStore(args.redis, prefix="lstm:" if args.prefix is None else args.prefix, ttl_s=args.ttl)
         options["checkpoint_every"] = 25 if args.checkpoint_every is None else args.checkpoint_every
     app = create_app(lstm_engine.Engine(model), store=store, worker=args.worker, **options)
     # numba, numpy and the web stack leave ~10^5 objects that every full garbage
