@@ -7,14 +7,8 @@ it over. Recovery times are printed (pytest -s), never asserted."""
 import asyncio
 import importlib.util
 import json
-import os
-import pathlib
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -22,13 +16,12 @@ import pytest
 import lstm_engine as le
 from helpers import make_model, rand
 from lstm_engine.serving import RedisStore, wire
-from redis_server import free_port
+from workers import ROOT, Workers
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 websockets = pytest.importorskip("websockets")
 
-ROOT = pathlib.Path(__file__).parents[1]
 I = 5
 EVERY = 5  # the workers' --checkpoint-every: checkpoints after frames 4, 9, 14, ... (seqs from 0)
 
@@ -38,61 +31,6 @@ def example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-class Workers:
-    """Example services by name on free loopback ports, started on demand: a killed one
-    starts again (on a new port) when a test asks for it."""
-
-    def __init__(self, model_file, redis_url, logs):
-        self.model_file, self.redis_url, self.logs = model_file, redis_url, logs
-        self.procs, self.ports = {}, {}
-
-    def start(self, *names):
-        starting = [n for n in names if n not in self.procs or self.procs[n].poll() is not None]
-        for name in starting:
-            self.ports[name] = port = free_port()
-            with open(self.logs / f"{name}-{port}.log", "w") as log:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, str(ROOT / "examples" / "ws_service.py"), "--model", str(self.model_file),
-                     "--redis", self.redis_url, "--checkpoint-every", str(EVERY), "--port", str(port),
-                     "--worker", name],
-                    env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        for name in starting:  # ready once uvicorn listens (after start-up: model, kernels, app)
-            while True:
-                proc = self.procs[name]
-                assert proc.poll() is None, f"worker {name} exited with {proc.returncode}: " + "".join(
-                    p.read_text() for p in self.logs.glob(f"{name}-*.log"))
-                try:
-                    socket.create_connection(("127.0.0.1", self.ports[name]), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, f"worker {name} did not listen within 60 s"
-                    time.sleep(0.05)
-
-    def url(self, name, sid=None, received=None):
-        query = "&".join(f"{k}={v}" for k, v in (("id", sid), ("received", received)) if v is not None)
-        return f"ws://127.0.0.1:{self.ports[name]}/stream" + (f"?{query}" if query else "")
-
-    def stats(self, name) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[name]}/stats", timeout=5) as r:
-            return json.loads(r.read())
-
-    def kill(self, name, sig=signal.SIGKILL):
-        proc = self.procs[name]
-        os.kill(proc.pid, sig)
-        proc.wait(10)
-
-    def stop(self):
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +48,7 @@ def engine(model_file):
 
 @pytest.fixture(scope="module")
 def workers(model_file, redis_url, tmp_path_factory):
-    w = Workers(model_file, redis_url, tmp_path_factory.mktemp("logs"))
+    w = Workers(model_file, redis_url, tmp_path_factory.mktemp("logs"), "--checkpoint-every", str(EVERY))
     try:
         yield w
     finally:
