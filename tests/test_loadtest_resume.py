@@ -1,137 +1,66 @@
-"""`lstm-engine loadtest --resume` against two real workers sharing a real Redis: one is
-killed (SIGKILL) mid-run and its streams resume on the other, every output equal to a
-local reference stream's. The workers are a small service written here to the resume
-protocol (spec of issue 15: hello, resume_seq, close code 1000 ends a stream), run as
-this file: `python tests/test_loadtest_resume.py PORT REDIS_URL PREFIX CHECKPOINT_EVERY`.
+"""`lstm-engine loadtest --resume` against two example services (examples/ws_service.py)
+as real worker processes sharing a real Redis: one is killed (SIGKILL) mid-run and its
+streams resume on the other, every output equal to a local reference stream's.
 Behaviour only: how fast a stream recovers is measured, not asserted."""
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 import lstm_engine as le
 from helpers import make_model
+from workers import Workers
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 I, STREAMS, PERIOD_MS, SECONDS = 5, 4, 20, 2.0
 FRAMES = round(SECONDS * 1000 / PERIOD_MS)
 KILL_AT = 30  # the worker dies when its stream 0 has this output: past three checkpoints of 8 frames
 
 
-def model():
-    return make_model(np.random.default_rng(15), I, (24,), head=4)
-
-
-def serve(port, redis_url, prefix, checkpoint_every):
-    """One worker: a Batcher over a RedisStore behind a FastAPI WebSocket (uvicorn)."""
-    import itertools
-
-    import uvicorn
-    from fastapi import FastAPI, WebSocket
-
-    from lstm_engine.serving import Batcher, Moved, RedisStore, wire
-
-    worker = f"worker:{port}"
-    batcher = Batcher(le.Engine(model()), store=RedisStore(redis_url, prefix=prefix),
-                      checkpoint_every=checkpoint_every)
-    widths = [(b"x-input-size", str(I).encode()), (b"x-output-size", b"4")]
-    anonymous = itertools.count()
-    app = FastAPI()
-
-    @app.websocket("/stream")
-    async def stream(ws: WebSocket):
-        name = ws.query_params.get("id")
-        await ws.accept(headers=widths)
-        resume = None
-        if name is None:
-            key = f"anonymous:{worker}:{next(anonymous)}"
-        else:
-            key, received = name, ws.query_params.get("received")
-            resume = await batcher.resume_seq(key, None if received is None else int(received))
-        await ws.send_text(json.dumps({"worker": worker, "stream": name, "resume_seq": resume}))
-        code = None
-        try:
-            while (msg := await ws.receive())["type"] != "websocket.disconnect":
-                seq, x = wire.decode(msg["bytes"])
-                try:
-                    y = await batcher.step(key, x, seq=seq)
-                except ValueError as e:
-                    await ws.send_text(json.dumps({"seq": seq, "error": str(e)}))
-                    continue
-                except Moved:
-                    await ws.close(4001)
-                    return
-                await ws.send_bytes(wire.encode(seq, y))
-            code = msg.get("code")
-        finally:
-            try:
-                await (batcher.close(key) if code == 1000 or name is None else batcher.release(key))
-            except KeyError:  # an anonymous stream that never sent a frame
-                pass
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", ws="websockets-sansio")
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("loadtest-resume") / "net.lstm"
+    make_model(np.random.default_rng(15), I, (24,), head=4).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(model_file):
     """The reference; compiling its kernels here puts them in the cache the workers load."""
-    e = le.Engine(model())
+    e = le.Engine(le.load(model_file))
     e.step_many([e.open_stream()], np.zeros((1, I), np.float32))
     return e
 
 
 @pytest.fixture
-def workers(engine, redis_url, request):
-    """start(checkpoint_every) -> two worker processes on free ports, sharing one key
-    prefix in Redis; (processes, their URLs, the prefix). Killed afterwards."""
-    pytest.importorskip("fastapi")
-    pytest.importorskip("websockets")  # uvicorn's WebSocket protocol
-    pytest.importorskip("uvicorn")
-    procs = []
+def workers(engine, model_file, redis_url, request, tmp_path):
+    """start(checkpoint_every) -> two workers, A and B, with a key prefix of this test's
+    own in Redis; (their processes, their URLs, the prefix). Stopped afterwards."""
+    started = []
     prefix = f"lt-{request.node.name}:"
 
     def start(checkpoint_every):
-        ports = []
-        for _ in range(2):
-            with socket.socket() as s:  # a free port: bound and released, then given to the worker
-                s.bind(("127.0.0.1", 0))
-                ports.append(s.getsockname()[1])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
-        for port in ports:
-            procs.append(subprocess.Popen([sys.executable, __file__, str(port), redis_url, prefix,
-                                           str(checkpoint_every)], cwd=ROOT, env=env))
-        deadline = time.monotonic() + 120  # a cold kernel cache compiles for a while
-        for proc, port in zip(procs, ports):
-            while True:
-                assert proc.poll() is None, f"worker exited with {proc.returncode}"
-                assert time.monotonic() < deadline, "worker did not listen within 120 s"
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-        return procs, [f"ws://127.0.0.1:{port}/stream" for port in ports], prefix
+        w = Workers(model_file, redis_url, tmp_path, "--checkpoint-every", str(checkpoint_every), "--prefix", prefix)
+        started.append(w)
+        w.start("A", "B")
+        return [w.procs["A"], w.procs["B"]], [w.url("A"), w.url("B")], prefix
 
     yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait(10)
+    for w in started:
+        w.stop()
 
 
 def stored_keys(redis_url, prefix):
+    """The stream keys under `prefix`, which the workers wrote to (its epoch counter is there)."""
     import redis
 
     r = redis.Redis.from_url(redis_url)
     try:
-        return sorted(k.decode() for k in r.keys(prefix + "*") if k != (prefix + "epoch").encode())
+        keys = {k.decode() for k in r.keys(prefix + "*")}
     finally:
         r.close()
+    assert prefix + "epoch" in keys  # the workers claimed their streams here
+    return sorted(keys - {prefix + "epoch"})
 
 
 def run_killing(procs, urls, keep, outputs):
@@ -194,7 +123,3 @@ def test_cli_runs_resumable_and_plain_streams_over_two_workers(workers, redis_ur
             assert "resumed 0" in capsys.readouterr().out
     assert stored_keys(redis_url, prefix) == []
 
-
-if __name__ == "__main__":
-    port, url, key_prefix, every = sys.argv[1:]
-    serve(int(port), url, key_prefix, int(every))
