@@ -8,6 +8,7 @@ import json
 import pathlib
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -228,3 +229,37 @@ def test_an_idle_stream_is_parked_and_resumes_exactly(engine, rng):
     assert app.state.batcher.stats()["evicted"] >= 1
     s = engine.open_stream()
     assert all(np.array_equal(y, s.step(x)) for y, x in zip(got, X))
+
+
+def test_cli_key_prefix_and_ttl(redis_url, tmp_path, rng):
+    """ws_service.py --prefix --ttl: a released stream's checkpoint is under the prefix
+    and expires (at most --ttl after its write; without --ttl it would stay)."""
+    import redis
+    from workers import Workers
+
+    model = tmp_path / "net.lstm"
+    make_model(np.random.default_rng(14), I, (24,), head=4).save(model)
+    workers = Workers(model, redis_url, tmp_path, "--prefix", "ex-ttl:", "--ttl", "300")
+    try:
+        workers.start("A")
+
+        async def session():
+            async with ws_connect(workers.url("A", "ttl-stream")) as ws:
+                await ws.recv()  # the hello
+                await ws.send(wire.encode(0, rand(rng, I)))
+                await ws.recv()
+                await ws.close(1001)  # not the end of the stream: the worker releases it
+
+        asyncio.run(session())
+        r = redis.Redis.from_url(redis_url)
+        try:
+            for _ in range(500):  # the release lands after the connection has closed
+                if r.exists("ex-ttl:s:ttl-stream"):
+                    break
+                time.sleep(0.01)
+            assert sorted(r.keys("ex-ttl:*")) == [b"ex-ttl:epoch", b"ex-ttl:s:ttl-stream"]
+            assert 0 < r.pttl("ex-ttl:s:ttl-stream") <= 300_000
+        finally:
+            r.close()
+    finally:
+        workers.stop()
