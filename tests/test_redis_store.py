@@ -136,8 +136,9 @@ def test_ttl_is_set_by_claims_and_writes(store_of):
 
     after_claim, after_save, never = run(main())
     assert 0 < after_claim <= 100_000 and 0 < after_save <= 100_000 and never == -1
-    with pytest.raises(ValueError):
-        RedisStore(ttl_s=0)
+    for bad in (0, -1, float("nan"), float("inf"), 1e300):
+        with pytest.raises(ValueError):
+            RedisStore(ttl_s=bad)
 
 
 @pytest.mark.parametrize("persistent", [True, False])

@@ -67,6 +67,7 @@ end
 return out
 """
 
+MAX_TTL_S = 10 * 365 * 86400  # far below what Redis accepts as an expiry, and longer than any stream
 CLAIMS_AT_ONCE = 256  # per script call: Redis serves nothing else while a script runs
 
 
@@ -87,8 +88,8 @@ class RedisStore:
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "lstm:", ttl_s=None, client=None):
         import redis.asyncio  # an optional dependency: pip install "lstm-engine[redis]"
 
-        if ttl_s is not None and not ttl_s > 0:
-            raise ValueError(f"ttl_s={ttl_s!r}: expected a number of seconds > 0, or None")
+        if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:  # NaN fails both
+            raise ValueError(f"ttl_s={ttl_s!r}: expected seconds in (0, {MAX_TTL_S:g}], or None")
         self._r = client if client is not None else redis.asyncio.Redis.from_url(url)
         self.prefix = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
         self._ttl = b"" if ttl_s is None else str(max(1, round(ttl_s * 1000))).encode()
