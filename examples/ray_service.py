@@ -8,6 +8,7 @@ ray_serve.md here).
 import argparse
 import gc
 import os
+import signal
 import sys
 
 import ray
@@ -103,6 +104,7 @@ def main(argv=None):
                "replicas": args.replicas}
     if args.model:
         options["model"] = os.path.abspath(args.model)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped by a service manager: as Ctrl-C
     try:
         serve.run(build_app(options), blocking=True)  # until Ctrl-C
     except KeyboardInterrupt:
