@@ -18,3 +18,26 @@ def redis_url():
 
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def worker_model(tmp_path_factory):
+    """A small model's file, for worker processes (examples/ws_service.py --model)."""
+    from helpers import make_model
+    from workers import WORKER_INPUTS
+
+    path = tmp_path_factory.mktemp("workers") / "net.lstm"
+    make_model(np.random.default_rng(15), WORKER_INPUTS, (24,), head=4).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker_engine(worker_model):
+    """worker_model's Engine here: the outputs the workers must give. Building it
+    compiles the kernels into the cache the workers load."""
+    import lstm_engine as le
+    from workers import WORKER_INPUTS
+
+    engine = le.Engine(le.load(worker_model))
+    engine.step_many([engine.open_stream()], np.zeros((1, WORKER_INPUTS), np.float32))
+    return engine

@@ -1,4 +1,4 @@
-"""`lstm-engine loadtest --resume` against two example services (examples/ws_service.py)
+"""`lstm-worker_engine loadtest --resume` against two example services (examples/ws_service.py)
 as real worker processes sharing a real Redis: one is killed (SIGKILL) mid-run and its
 streams resume on the other, every output equal to a local reference stream's.
 Behaviour only: how fast a stream recovers is measured, not asserted."""
@@ -8,39 +8,22 @@ import json
 import numpy as np
 import pytest
 
-import lstm_engine as le
-from helpers import make_model
-from workers import Workers
+from workers import WORKER_INPUTS, Workers
 
-I, STREAMS, PERIOD_MS, SECONDS = 5, 4, 20, 2.0
+I, STREAMS, PERIOD_MS, SECONDS = WORKER_INPUTS, 4, 20, 2.0
 FRAMES = round(SECONDS * 1000 / PERIOD_MS)
 KILL_AT = 30  # the worker dies when its stream 0 has this output: past three checkpoints of 8 frames
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("loadtest-resume") / "net.lstm"
-    make_model(np.random.default_rng(15), I, (24,), head=4).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def engine(model_file):
-    """The reference; compiling its kernels here puts them in the cache the workers load."""
-    e = le.Engine(le.load(model_file))
-    e.step_many([e.open_stream()], np.zeros((1, I), np.float32))
-    return e
-
-
 @pytest.fixture
-def workers(engine, model_file, redis_url, request, tmp_path):
+def workers(worker_engine, worker_model, redis_url, request, tmp_path):
     """start(checkpoint_every) -> two workers, A and B, with a key prefix of this test's
     own in Redis; (their processes, their URLs, the prefix). Stopped afterwards."""
     started = []
     prefix = f"lt-{request.node.name}:"
 
     def start(checkpoint_every):
-        w = Workers(model_file, redis_url, tmp_path, "--checkpoint-every", str(checkpoint_every), "--prefix", prefix)
+        w = Workers(worker_model, redis_url, tmp_path, "--checkpoint-every", str(checkpoint_every), "--prefix", prefix)
         started.append(w)
         w.start("A", "B")
         return [w.procs["A"], w.procs["B"]], [w.url("A"), w.url("B")], prefix
@@ -77,7 +60,7 @@ def run_killing(procs, urls, keep, outputs):
                                               on_answer=on_answer))
 
 
-def test_streams_of_a_killed_worker_resume_on_the_other(workers, engine, redis_url):
+def test_streams_of_a_killed_worker_resume_on_the_other(workers, worker_engine, redis_url):
     from lstm_engine.serving.loadtest import Inputs
 
     procs, urls, prefix = workers(checkpoint_every=8)
@@ -91,7 +74,7 @@ def test_streams_of_a_killed_worker_resume_on_the_other(workers, engine, redis_u
     assert r["sent"] == r["answered"] == STREAMS * FRAMES and r["refused"] == 0 and r["unexpected"] == 0
     inputs = Inputs(I)
     for i in range(STREAMS):
-        s = engine.open_stream()
+        s = worker_engine.open_stream()
         assert sorted(outputs[i]) == list(range(FRAMES))
         assert all(np.array_equal(outputs[i][k], s.step(inputs.values(i, k))) for k in range(FRAMES)), i
     assert stored_keys(redis_url, prefix) == []  # every stream ended with close code 1000

@@ -17,6 +17,7 @@ import pytest
 from redis_server import free_port
 
 ROOT = pathlib.Path(__file__).parents[1]
+WORKER_INPUTS = 5  # input width of the conftest fixture worker_model
 START_S = 120  # a cold kernel cache compiles for a while
 
 
