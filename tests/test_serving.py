@@ -282,7 +282,7 @@ class MemoryStore:
         seq, blob = self.data.get(key, (None, None))
         return self.epoch, seq, blob
 
-    async def write_many(self, items):
+    async def write_many(self, items, keep_behind=0):
         self.calls.append(len(items))
         done = []
         for key, epoch, seq, blob in items:
@@ -339,7 +339,7 @@ def test_reopening_waits_for_the_last_checkpoint(engine, rng):
         b = Batcher(engine, store=SlowStore())
         await b.step("k", X[0], seq=0)
         closing = asyncio.ensure_future(b.release("k"))
-        await asyncio.sleep(0)  # release() removed the stream; its checkpoint is on its way
+        await until(lambda: len(b) == 0)  # release() removed the stream; its checkpoint is on its way
         y = await b.step("k", X[1], seq=1)  # resumes from that checkpoint, not from nothing
         await closing
         await b.aclose()
@@ -372,9 +372,9 @@ def test_checkpoints_due_together_go_in_one_write(engine, rng):
 
 
 class SlowStore(MemoryStore):
-    async def write_many(self, items):
+    async def write_many(self, items, keep_behind=0):
         await asyncio.sleep(0.2)  # a busy or distant store: frames come before writes land
-        return await super().write_many(items)
+        return await super().write_many(items, keep_behind)
 
 
 def test_a_stream_evicted_while_its_checkpoint_is_on_its_way_resumes_from_it(engine, rng):

@@ -29,15 +29,29 @@ MAX_BATCH = 256  # step_many's cost per stream is flat from ~50 streams on (H=12
 IDLE_TIMEOUT_S = 30.0  # a speaker can be silent for seconds: Triton's 1 s drops such streams' state
 MAX_PENDING = 4  # 40 ms of 10 ms frames: absorbs a network burst, bounds what one client can queue
 MAX_STREAMS = 100_000
+SEQ_END = 1 << 64  # seqs are unsigned 64-bit, as on the example service's wire
 STORE_BATCH = 256  # writes in one write_many: 1 MB of H=128 snapshots, while a shutdown may write
 #                   every stream's
-STORE_TRIES = 7  # a write the store failed is retried after 0.1, 0.2, ... 3.2 s: a restart of
-#                  Redis loses no checkpoint, and a store that is down for good is given up on
+STORE_PATIENCE_S = 10.0  # a write the store failed is retried (after 0.1 s, doubling up to 2 s)
+#                          for this long: a restart of Redis loses no checkpoint, and a store
+#                          that is down, or hangs until its timeout, is given up on
 
 
 class Overloaded(RuntimeError):
     """Backpressure: too many frames queued for one stream (max_pending) or too many open
     streams (max_streams). Nothing was queued or opened; the caller may retry later."""
+
+
+def _seq(seq) -> int:
+    if isinstance(seq, (int, np.integer)) and not isinstance(seq, (bool, np.bool_)) and 0 <= seq < SEQ_END:
+        return int(seq)
+    raise ValueError(f"seq={seq!r}: expected an integer in [0, 2**64), or None")
+
+
+def _retrieved(task):
+    """Done callback of tasks whose failure is reported elsewhere: asyncio must not log it."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Moved(RuntimeError):
@@ -138,7 +152,10 @@ class Batcher:
         self._loop = None
         self._pool = None
         self._tasks = []  # the batch loop and the idle sweeper
-        self._outbox = {}  # key -> [epoch, seq, blob, futures, slot, tries]: writes not yet sent;
+        # the store keeps an older checkpoint at least this far behind its newest: that of
+        # the previous period, even when a release follows a periodic checkpoint closely
+        self._keep_behind = max(checkpoint_every, max_pending)
+        self._outbox = {}  # key -> [epoch, seq, blob, futures, slot, first failure]: writes not yet sent;
         #                    a newer write of a key replaces its unsent one
         self._writer = None  # the task sending the outbox, one write_many at a time (in order)
         self._leaving = {}  # key -> the store write of its last checkpoint (eviction, release,
@@ -159,13 +176,16 @@ class Batcher:
         aclose(), `Moved` once another worker owns the key. A frame the engine refuses
         (NaN, a token id out of range) fails its own future with `ValueError`, its stream
         unchanged; the rest of its batch runs. So does a frame whose `seq` is not after
-        the seq of the stream's latest frame (a replay must start after `resume_seq`).
+        the seq of the stream's latest frame (a replay must start after `resume_seq`), or
+        that has none when its stream's frames have. `seq`: an integer in [0, 2**64).
         Cancelling the future before its batch starts withdraws the frame.
         """
         if self._closed:
             raise RuntimeError("this Batcher is closed")
         if not (type(x) is np.ndarray and x.dtype is F32 and x.shape == self._xshape):
             x = self._frame(x)
+        if seq is not None and not (type(seq) is int and 0 <= seq < SEQ_END):
+            seq = _seq(seq)
         slot = self._slots.get(key)
         if slot is None:
             slot = self._new_slot(key)
@@ -216,6 +236,13 @@ class Batcher:
             raise RuntimeError(f"stream {key!r} is already closing")
         slot.closing = True
         self._closing += 1
+        # carried out even when the caller is cancelled: a stream left half-closed would
+        # refuse every call, and never be evicted
+        done = self._loop.create_task(self._finish_leaving(slot, delete))
+        done.add_done_callback(_retrieved)
+        return await asyncio.shield(done)
+
+    async def _finish_leaving(self, slot, delete):
         try:
             if slot.loading is not None:
                 await asyncio.shield(slot.loading)
@@ -309,6 +336,7 @@ class Batcher:
         else:  # the key is claimed in the store first, whatever the state
             slot = _Slot(key, None, now)
             slot.loading = self._loop.create_task(self._resume(slot, state, received))
+            slot.loading.add_done_callback(_retrieved)  # a failure reaches the frames and callers waiting
         self._slots[key] = slot
         return slot
 
@@ -324,11 +352,14 @@ class Batcher:
             if earlier is not None:  # its previous life's last checkpoint comes first
                 await asyncio.gather(earlier, return_exceptions=True)
             slot.epoch, slot.ckpt_seq, blob = await self.store.load(slot.key, received)
-            slot.seq = slot.ckpt_seq
-            slot.resumed = state is None and blob is not None
-            slot.stream = self._open_stream(blob if state is None else state)
-            if state is not None:  # a state the store does not hold yet
-                slot.since_ckpt = 1
+            if state is None:
+                slot.seq = slot.ckpt_seq
+                slot.resumed = blob is not None
+                slot.stream = self._open_stream(blob)
+            else:  # a new life of the key, from `state`, stored at once as its origin
+                slot.ckpt_seq = None
+                slot.stream = self._open_stream(state)
+                self._checkpoint(slot)
         except BaseException as e:  # the frames queued meanwhile fail with it; the key is free again
             self._slots.pop(slot.key, None)
             for _, fut, _, _ in slot.pending:
@@ -466,7 +497,7 @@ class Batcher:
             frame = slot.pending.pop(0)
             fut = frame[1]
             refused = None
-            if frame[3] is not None and slot.seq is not None and not fut.cancelled():
+            if slot.seq is not None and not fut.cancelled():
                 refused = self._out_of_order(slot, frame[3])
                 if refused is not None:
                     fut.set_exception(refused)
@@ -535,7 +566,9 @@ class Batcher:
 
     @staticmethod
     def _out_of_order(slot, seq):
-        """Why frame `seq` cannot be applied to `slot` now, or None."""
+        """Why frame `seq` cannot be applied to `slot` (whose frames have seqs) now, or None."""
+        if seq is None:  # its checkpoints would carry the seq of an earlier frame
+            return ValueError(f"stream {slot.key!r} numbers its frames (latest {slot.seq}): a frame needs a seq")
         if seq <= slot.seq:  # a frame the stream has: a replay from too early
             return ValueError(f"frame seq {seq} of stream {slot.key!r} is not after its latest frame's {slot.seq}")
         if slot.resumed and seq != slot.seq + 1:  # the frames between its checkpoint and this one are missing
@@ -581,7 +614,7 @@ class Batcher:
         old = self._outbox.pop(slot.key, None)
         fut = self._loop.create_future()
         waiting = [fut] if old is None else old[3] + [fut]  # a replaced write's waiters hear of this one
-        self._outbox[slot.key] = [slot.epoch, seq, blob, waiting, slot, 0]
+        self._outbox[slot.key] = [slot.epoch, seq, blob, waiting, slot, None]
         if self._writer is None:
             self._writer = self._loop.create_task(self._send())
         return fut
@@ -593,23 +626,26 @@ class Batcher:
             while self._outbox:
                 items = [(k, self._outbox.pop(k)) for k in list(itertools.islice(self._outbox, STORE_BATCH))]
                 try:
-                    accepted = await self.store.write_many([(k, e, q, b) for k, (e, q, b, *_) in items])
+                    accepted = await self.store.write_many([(k, e, q, b) for k, (e, q, b, *_) in items],
+                                                           self._keep_behind)
                 except Exception as err:  # the store is unreachable: frames go on, writes are retried
                     self._counts["store_errors"] += 1
-                    tries = 0
+                    now = time.monotonic()
+                    failing = 0.0
                     for key, item in items:
-                        item[5] += 1
-                        tries = max(tries, item[5])
+                        if item[5] is None:
+                            item[5] = now
+                        failing = max(failing, now - item[5])
                         if key in self._outbox:  # a newer write of the key replaces this one
                             self._outbox[key][3] += item[3]
-                        elif item[5] < STORE_TRIES:
+                        elif now - item[5] < STORE_PATIENCE_S:
                             self._outbox[key] = item
                         else:
                             for fut in item[3]:
                                 if not fut.done():
                                     fut.set_exception(err)
                                     fut.exception()  # retrieved: nobody may be waiting on it
-                    await asyncio.sleep(0.05 * 2 ** min(tries, STORE_TRIES))
+                    await asyncio.sleep(min(2.0, 0.1 + failing))
                     continue
                 self._counts["store_writes"] += 1
                 for (_, (_, seq, blob, waiting, slot, _)), ok in zip(items, accepted):
