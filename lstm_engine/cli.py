@@ -195,9 +195,12 @@ def _loadtest(args) -> int:
     lt.check_bounds(args.streams, args.period_ms, args.seconds)
     for url in args.url:  # refused before any connection is made
         lt.loopback_target(url)
+    if args.keep is not None and not args.resume:
+        raise ValueError("--keep is for resumable streams: add --resume")
+    keep = 64 if args.keep is None else args.keep
 
     def run(n):
-        return lt.run_websocket(args.url, n, args.period_ms, args.seconds, resume=args.resume, keep=args.keep)
+        return lt.run_websocket(args.url, n, args.period_ms, args.seconds, resume=args.resume, keep=keep)
 
     if args.find_max:
         result = asyncio.run(lt.find_max(run, args.streams, progress=_progress))
@@ -289,9 +292,9 @@ def parser() -> argparse.ArgumentParser:
                    help="named streams that resume after a lost connection on the next URL, replaying "
                         "their kept frames (the example service's resume protocol); reports recoveries, "
                         "lost outputs and replays that answered differently")
-    t.add_argument("--keep", type=_whole(1), default=64,
+    t.add_argument("--keep", type=_whole(1), default=None,
                    help="frames each resumable stream keeps for a replay (at least twice the service's "
-                        "checkpoint interval plus its max_pending)")
+                        "checkpoint interval plus its max_pending; default 64)")
     t.add_argument("--json", help="write the report (every run's, with --find-max) as JSON")
     t.set_defaults(func=_loadtest)
     return p

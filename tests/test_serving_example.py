@@ -135,11 +135,12 @@ def test_loadtest_refuses_other_hosts(url, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args", [["--streams", "100000"], ["--streams", "0"], ["--seconds", "100000"],
-                                  ["--period-ms", "0"]])
-def test_loadtest_bounds(args, capsys):
+@pytest.mark.parametrize("args, message", [(["--streams", "100000"], "expected"), (["--streams", "0"], "expected"),
+                                           (["--seconds", "100000"], "expected"), (["--period-ms", "0"], "expected"),
+                                           (["--keep", "8"], "add --resume")])
+def test_loadtest_bounds(args, message, capsys):
     assert main(["loadtest", "ws://127.0.0.1:9/x", *args]) == 2  # refused before connecting
-    assert "expected" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_find_max_search():
