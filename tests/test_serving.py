@@ -412,3 +412,25 @@ def test_a_frame_past_the_checkpoint_it_resumed_from_is_moved(engine, rng):
         return ys
 
     assert all(np.array_equal(y, r) for y, r in zip(run(main()), reference(engine, X)[3:]))
+
+
+def test_checkpoints_of_streams_in_step_are_spread_over_batches(engine, rng):
+    """64 streams opened together reach their checkpoint in the same batch: 32 are written
+    there, the others with their next frame, and they stay one frame apart after."""
+    from lstm_engine.serving.batcher import CHECKPOINTS_PER_BATCH
+
+    X = rand(rng, 64, I)
+    store = MemoryStore()
+
+    async def main():
+        b = Batcher(engine, store=store, checkpoint_every=4)
+        counts = []
+        for n in range(9):  # lockstep: each round is one batch of 64 frames
+            await asyncio.gather(*[b.step(i, X[i], seq=n) for i in range(64)])
+            counts.append(b.stats()["checkpoints"])
+        await until(lambda: sorted(seq for seq, _ in store.data.values()) == [7] * 32 + [8] * 32)
+        await b.aclose()
+        return counts
+
+    assert CHECKPOINTS_PER_BATCH == 32
+    assert run(main()) == [0, 0, 0, 32, 64, 64, 64, 96, 128]
