@@ -40,9 +40,9 @@ def workers(worker_model, redis_url, tmp_path_factory):
         w.stop()
 
 
-def uninterrupted(worker_engine, X):
+def uninterrupted(engine, X):
     """The answer messages an uninterrupted stream of X gives, by seq."""
-    s = worker_engine.open_stream()
+    s = engine.open_stream()
     return [wire.encode(seq, s.step(x)) for seq, x in enumerate(X)]
 
 

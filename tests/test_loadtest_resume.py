@@ -1,4 +1,4 @@
-"""`lstm-worker_engine loadtest --resume` against two example services (examples/ws_service.py)
+"""`lstm-engine loadtest --resume` against two example services (examples/ws_service.py)
 as real worker processes sharing a real Redis: one is killed (SIGKILL) mid-run and its
 streams resume on the other, every output equal to a local reference stream's.
 Behaviour only: how fast a stream recovers is measured, not asserted."""

@@ -37,7 +37,7 @@ CHECKPOINTS_PER_BATCH = 32  # the others due wait for their stream's next frame:
 #                            once, their checkpoints stay spread
 STORE_BATCH = 256  # writes in one write_many: 1 MB of H=128 snapshots, while a shutdown may write
 #                   every stream's
-STORE_PATIENCE_S = 10.0  # a write the store failed is retried (after 0.1 s, doubling up to 2 s)
+STORE_PATIENCE_S = 10.0  # a write the store failed is retried (waits growing from 0.1 s to 2 s)
 #                          for this long: a restart of Redis loses no checkpoint, and a store
 #                          that is down, or hangs until its timeout, is given up on
 
@@ -86,10 +86,21 @@ class _Slot:
         self.loading = None  # the task that resumes it from the store
         self.epoch = None  # its owner epoch in the store
         self.ckpt_seq = None  # seq inside its latest stored checkpoint
-        self.since_ckpt = 0  # changes since that checkpoint (frames applied, or a state given to open)
+        self.since_ckpt = 0  # frames applied since that checkpoint
         self.moved = False  # another worker owns its key now
         self.resumed = False  # resumed from a stored checkpoint, no frame applied since
         self.write = None  # the future of its latest store write
+
+
+class _Write:
+    """A store write queued by the Batcher: a checkpoint of `slot`'s key, or (blob None)
+    its deletion, and the futures of those waiting for it."""
+
+    __slots__ = ("slot", "epoch", "seq", "blob", "waiting", "failing_since")
+
+    def __init__(self, slot, seq, blob, waiting):
+        self.slot, self.epoch, self.seq, self.blob, self.waiting = slot, slot.epoch, seq, blob, waiting
+        self.failing_since = None  # when the store first failed it
 
 
 class Batcher:
@@ -160,8 +171,7 @@ class Batcher:
         # the store keeps an older checkpoint at least this far behind its newest: that of
         # the previous period, even when a release follows a periodic checkpoint closely
         self._keep_behind = max(checkpoint_every, max_pending)
-        self._outbox = {}  # key -> [epoch, seq, blob, futures, slot, first failure]: writes not yet sent;
-        #                    a newer write of a key replaces its unsent one
+        self._outbox = {}  # key -> its _Write not yet sent: a newer write of a key replaces it
         self._writer = None  # the task sending the outbox, one write_many at a time (in order)
         self._leaving = {}  # key -> the store write of its last checkpoint (eviction, release,
         #                     close), which reopening the key waits for
@@ -620,8 +630,8 @@ class Batcher:
         the store accepted it."""
         old = self._outbox.pop(slot.key, None)
         fut = self._loop.create_future()
-        waiting = [fut] if old is None else old[3] + [fut]  # a replaced write's waiters hear of this one
-        self._outbox[slot.key] = [slot.epoch, seq, blob, waiting, slot, None]
+        waiting = [fut] if old is None else old.waiting + [fut]  # a replaced write's waiters hear of this one
+        self._outbox[slot.key] = _Write(slot, seq, blob, waiting)
         if self._writer is None:
             self._writer = self._loop.create_task(self._send())
         return fut
@@ -631,37 +641,38 @@ class Batcher:
         the next, so writes reach the store in the order they were made."""
         try:
             while self._outbox:
-                items = [(k, self._outbox.pop(k)) for k in list(itertools.islice(self._outbox, STORE_BATCH))]
+                writes = [self._outbox.pop(k) for k in list(itertools.islice(self._outbox, STORE_BATCH))]
                 try:
-                    accepted = await self.store.write_many([(k, e, q, b) for k, (e, q, b, *_) in items],
+                    accepted = await self.store.write_many([(w.slot.key, w.epoch, w.seq, w.blob) for w in writes],
                                                            self._keep_behind)
                 except Exception as err:  # the store is unreachable: frames go on, writes are retried
                     self._counts["store_errors"] += 1
                     now = time.monotonic()
                     failing = 0.0
-                    for key, item in items:
-                        if item[5] is None:
-                            item[5] = now
-                        failing = max(failing, now - item[5])
-                        if key in self._outbox:  # a newer write of the key replaces this one
-                            self._outbox[key][3] += item[3]
-                        elif now - item[5] < STORE_PATIENCE_S:
-                            self._outbox[key] = item
+                    for w in writes:
+                        if w.failing_since is None:
+                            w.failing_since = now
+                        failing = max(failing, now - w.failing_since)
+                        newer = self._outbox.get(w.slot.key)
+                        if newer is not None:  # a newer write of the key replaces this one
+                            newer.waiting += w.waiting
+                        elif now - w.failing_since < STORE_PATIENCE_S:
+                            self._outbox[w.slot.key] = w
                         else:
-                            for fut in item[3]:
+                            for fut in w.waiting:
                                 if not fut.done():
                                     fut.set_exception(err)
                                     fut.exception()  # retrieved: nobody may be waiting on it
                     await asyncio.sleep(min(2.0, 0.1 + failing))
                     continue
                 self._counts["store_writes"] += 1
-                for (_, (_, seq, blob, waiting, slot, _)), ok in zip(items, accepted):
-                    if ok and blob is not None:
-                        slot.ckpt_seq = seq
-                    elif not ok and not slot.moved:  # another worker claimed the key
-                        slot.moved = True
+                for w, ok in zip(writes, accepted):
+                    if ok and w.blob is not None:
+                        w.slot.ckpt_seq = w.seq
+                    elif not ok and not w.slot.moved:  # another worker claimed the key
+                        w.slot.moved = True
                         self._counts["moved"] += 1
-                    for fut in waiting:
+                    for fut in w.waiting:
                         if not fut.done():
                             fut.set_result(ok)
         finally:

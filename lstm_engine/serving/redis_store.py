@@ -118,7 +118,7 @@ class RedisStore:
         self._epochs = self.prefix + b"epoch"
         # scripts go by their SHA-1 (EVALSHA), loaded when the server lacks them
         self._sha = {text: hashlib.sha1(text.encode()).hexdigest() for text in (_CLAIM, _WRITE)}
-        self._claims = []  # (redis key, received, future) of claims not yet sent
+        self._claims = []  # (redis key, future) of claims not yet sent
         self._claimer = None  # the task sending them
 
     def redis_key(self, key) -> bytes:
@@ -149,7 +149,7 @@ class RedisStore:
                 seq = snap = None
             elif pseq == b"" or int(pseq) <= received:  # b"": a state before any numbered frame
                 seq, snap = pseq, psnap
-        return epoch.decode(), _seq(seq), snap
+        return epoch.decode(), _stored_seq(seq), snap
 
     async def write_many(self, items, keep_behind: int = 0) -> list:
         """Apply `(key, epoch, seq, snapshot)` items in order, atomically and in one call:
@@ -177,7 +177,7 @@ class RedisStore:
         """(owner epoch, seq, snapshot) as stored for `key`, without claiming it; None when
         the store holds nothing for it."""
         owner, seq, snap = await self._r.hmget(self.redis_key(key), "owner", "seq", "snap")
-        return None if owner is None else (owner.decode(), _seq(seq), snap)
+        return None if owner is None else (owner.decode(), _stored_seq(seq), snap)
 
     async def aclose(self) -> None:
         await self._r.aclose()
@@ -213,5 +213,5 @@ class RedisStore:
             return await self._r.evalsha(self._sha[script], len(keys), *keys, *args)
 
 
-def _seq(v):
+def _stored_seq(v):
     return None if v is None or v == b"" else int(v)
